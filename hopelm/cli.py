@@ -1,0 +1,176 @@
+"""`hopelm` command line: train, eval, sample, info, tokenizer.
+
+Any argument of the form `--section.key=value` is a config override (`--train.max_steps=200`).
+Errors in user input print one sentence and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from hopelm.config import ConfigError, list_presets
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    overrides = []
+    for arg in extra:
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if "." not in key or "=" not in arg:
+            raise ConfigError(f"Unrecognised argument {arg!r} (config overrides look like --train.max_steps=200).")
+        overrides.append(arg)
+    return overrides
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help=f"preset name ({', '.join(list_presets())})")
+    p.add_argument("--config", default=None, help="a TOML config file (instead of --preset)")
+
+
+def cmd_train(args, overrides: list[str]) -> None:
+    from hopelm.train.trainer import prepare_run, train
+    cfg, tokenizer, ckpt = prepare_run(args.preset, args.config, overrides, args.resume)
+    summary = train(cfg, tokenizer, ckpt)
+    m = summary["metrics"]
+    if m:
+        print(f"done: {cfg.model.name} step {cfg.train.max_steps}, val loss {m['val_loss']:.4f}, "
+              f"bpb {m['val_bpb']:.4f}, {summary['tokens_per_s']:,.0f} tokens/s; "
+              f"checkpoint {summary['out_dir']}/final")
+
+
+def cmd_eval(args, overrides: list[str]) -> None:
+    import hopelm
+    from hopelm.config import apply_overrides
+    from hopelm.data import eval_windows, load_tokens
+    from hopelm.eval.perplexity import bits_per_byte, evaluate_loss, window_bytes
+    model, tokenizer = hopelm.load(args.checkpoint, device=args.device)
+    cfg = apply_overrides(model.run_config, overrides)
+    data = load_tokens(cfg.data, tokenizer, args.split)
+    windows = eval_windows(data, cfg.data.seq_len, args.batch_size or cfg.train.batch_size, args.batches)
+    loss, n = evaluate_loss(model, windows, torch.device(args.device))
+    result = {"checkpoint": args.checkpoint, "split": args.split, "tokens": n, "loss": loss,
+              "perplexity": float(torch.tensor(loss).exp()), "bits_per_byte": bits_per_byte(loss, n, window_bytes(windows, tokenizer))}
+    print(json.dumps(result, indent=2) if args.json else
+          f"{args.split}: loss {loss:.4f}  perplexity {result['perplexity']:.3f}  "
+          f"bits/byte {result['bits_per_byte']:.4f}  ({n:,} tokens)")
+
+
+def cmd_sample(args, overrides: list[str]) -> None:
+    import hopelm
+    if overrides:
+        raise ConfigError("sample takes no config overrides.")
+    model, tokenizer = hopelm.load(args.checkpoint, device=args.device)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ConfigError("The prompt encodes to no tokens; give a non-empty --prompt.")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    idx = torch.tensor([ids], device=args.device)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, generator=gen)
+    print(tokenizer.decode(out[0].tolist()))
+
+
+def cmd_info(args, overrides: list[str]) -> None:
+    from hopelm.config import load_config
+    from hopelm.data import get_tokenizer
+    from hopelm.models import model_from_config
+    if args.checkpoint:
+        import hopelm
+        model, _ = hopelm.load(args.checkpoint)
+        cfg = model.run_config
+    else:
+        cfg = load_config(args.preset, args.config, overrides)
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = get_tokenizer(cfg.data.tokenizer).vocab_size
+        model = model_from_config(cfg.model)
+    device = "cuda (" + torch.cuda.get_device_name() + ")" if torch.cuda.is_available() else "cpu"
+    info = {"config": cfg.to_dict(), "parameters": model.param_counts(), "device": device,
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(cfg.to_json())
+    print("parameters by component:")
+    for key, n in info["parameters"].items():
+        print(f"  {key:<16} {n:>12,}")
+    print(f"device: {device}; torch {torch.__version__}; {torch.get_num_threads()} threads")
+
+
+def cmd_tokenizer(args, overrides: list[str]) -> None:
+    from pathlib import Path
+
+    from hopelm.data import train_bpe
+    from hopelm.data.corpus import read_documents
+    if overrides:
+        raise ConfigError("tokenizer train takes no config overrides.")
+    docs = read_documents(args.data, "train")
+    tmp = Path(args.out).with_suffix(".corpus.txt")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n\n".join(docs), encoding="utf-8")
+    try:
+        tok = train_bpe([str(tmp)], args.vocab_size, args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"trained a {tok.vocab_size}-token byte-level BPE on {args.data or 'TinyShakespeare'}; saved {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hopelm", description="Nested Learning / HOPE language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (default: the tiny preset on TinyShakespeare)")
+    _add_config_args(p)
+    p.add_argument("--resume", default=None, help="a run directory or checkpoint to continue exactly")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on a split")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--batches", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("info", help="resolved config, parameter counts by component, device")
+    p.add_argument("checkpoint", nargs="?", default=None)
+    _add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
+    tsub = p.add_subparsers(dest="tok_command", required=True)
+    t = tsub.add_parser("train", help="train a BPE on a corpus' train split")
+    t.add_argument("--data", default="", help="corpus path (default: the vendored TinyShakespeare)")
+    t.add_argument("--vocab-size", type=int, default=1024)
+    t.add_argument("--out", required=True, help="where to write tokenizer.json")
+    t.set_defaults(fn=cmd_tokenizer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hopelm.data import DataError
+    from hopelm.train.checkpoint import CheckpointError
+    args, extra = build_parser().parse_known_args(argv)
+    try:
+        args.fn(args, _split_overrides(extra))
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"hopelm {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

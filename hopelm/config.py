@@ -1,0 +1,297 @@
+"""Typed run configuration: dataclasses, TOML presets, dotted overrides, validation.
+
+A run is described by one `Config` with five sections (model / data / train / optim / checkpoint).
+It is built from a preset (`configs/<name>.toml`) or a TOML file, then dotted overrides
+(`--train.max_steps=200`). Every key is type-checked; unknown keys and impossible values raise
+`ConfigError` with one sentence naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transformer"      # registry name, see hopelm.list_models()
+    vocab_size: int = 0            # 0: taken from the tokenizer
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 0                  # 0: SwiGLU width round_up(8/3 * d_model, 32)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def validate(self) -> None:
+        _positive(self, "model", "d_model", "n_layers", "n_heads")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}.")
+        if (self.d_model // self.n_heads) % 2:
+            raise ConfigError(f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even for RoPE.")
+        if self.vocab_size < 0 or self.d_ff < 0:
+            raise ConfigError("model.vocab_size and model.d_ff must be >= 0 (0 means automatic).")
+        if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
+            raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
+
+
+@dataclass
+class DataConfig:
+    path: str = ""                 # text file, folder of .txt/.txt.gz, "hf:<dataset>"; "" = vendored TinyShakespeare
+    tokenizer: str = "bytes"       # "bytes", "gpt2", or a path to a trained tokenizer.json
+    seq_len: int = 256
+    val_fraction: float = 0.1      # held-out tail when the corpus has no validation split
+    hf_config: str = ""            # Hugging Face dataset config name (online users)
+    hf_text_field: str = "text"
+    cache_dir: str = ""            # "" = ~/.cache/hopelm/tokens
+
+    def validate(self) -> None:
+        _positive(self, "data", "seq_len")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1).")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16           # global micro-batch (rows per step across all ranks)
+    grad_accum: int = 1
+    max_steps: int = 500
+    eval_interval: int = 100       # 0: only at the end
+    eval_batches: int = 10
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"           # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | float64 | bfloat16
+    grad_clip: float = 1.0         # 0 disables clipping
+    out_dir: str = "runs/default"
+    compile: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        _positive(self, "train", "batch_size", "grad_accum", "max_steps", "eval_batches", "log_interval")
+        if self.eval_interval < 0 or self.grad_clip < 0:
+            raise ConfigError("train.eval_interval and train.grad_clip must be >= 0.")
+        if self.dtype not in ("auto", "float32", "float64", "bfloat16"):
+            raise ConfigError(f"train.dtype={self.dtype!r} must be one of auto, float32, float64, bfloat16.")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device={self.device!r} must be auto, cpu, cuda or cuda:N.")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+
+    def validate(self) -> None:
+        if self.name not in ("adamw",):
+            raise ConfigError(f"optim.name={self.name!r} is not a known optimizer (known: adamw).")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr={self.lr} must be > 0.")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1].")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"optim.{key}={getattr(self, key)} must be in [0, 1).")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.eps <= 0:
+            raise ConfigError("optim.warmup_steps and optim.weight_decay must be >= 0 and optim.eps > 0.")
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 0              # save every N steps (0: only the final checkpoint)
+    keep_last: int = 2             # periodic checkpoints kept besides the final one
+
+    def validate(self) -> None:
+        if self.interval < 0 or self.keep_last < 1:
+            raise ConfigError("checkpoint.interval must be >= 0 and checkpoint.keep_last >= 1.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def _positive(obj: Any, section: str, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise ConfigError(f"{section}.{key}={getattr(obj, key)} must be > 0.")
+
+
+# --------------------------------------------------------------------------------------------
+# Building a config from dicts, presets, files and overrides.
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` coerced to the annotated type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            if arg is not type(None):
+                try:
+                    return _check_type(value, arg, key)
+                except ConfigError:
+                    pass
+        raise ConfigError(f"{key}={value!r} has the wrong type (expected {tp}).")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (arg, *_) = typing.get_args(tp) or (Any,)
+            items = [v if arg is Any else _check_type(v, arg, key) for v in value]
+            return list(items) if origin is list else tuple(items)
+    else:  # pragma: no cover - every field uses one of the types above
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{key}={value!r} has the wrong type (expected {name}).")
+
+
+def _apply(section_obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    known = {f.name for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"Unknown config key '{prefix}{key}' (known in [{prefix[:-1]}]: {', '.join(sorted(known))}).")
+        setattr(section_obj, key, _check_type(value, hints[key], prefix + key))
+
+
+def apply_dict(cfg: Config, data: dict[str, Any]) -> Config:
+    """Merge a nested dict (as read from TOML) into `cfg`. `[models.<name>]` tables are
+    per-model size adjustments applied when `model.name` equals <name>."""
+    for section, values in data.items():
+        if section == "models":
+            continue
+        if section not in {f.name for f in dataclasses.fields(cfg)}:
+            raise ConfigError(f"Unknown config section '{section}' (known: model, data, train, optim, checkpoint).")
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config section '{section}' must be a table.")
+        _apply(getattr(cfg, section), values, section + ".")
+    per_model = data.get("models", {})
+    if cfg.model.name in per_model:
+        _apply(cfg.model, per_model[cfg.model.name], "model.")
+    return cfg
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {str(p)!r} does not exist.")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {str(p)!r} is not valid TOML: {e}.") from None
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"Unknown preset {name!r} (known: {', '.join(list_presets())}).")
+    return read_toml(path)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'--train.max_steps=200' -> ('train.max_steps', 200). Values are TOML literals;
+    anything that is not a TOML literal is taken as a bare string."""
+    body = text[2:] if text.startswith("--") else text
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise ConfigError(f"Override {text!r} must look like --section.key=value.")
+    key, raw = body.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _dotted(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    return dict(parse_override(o) for o in overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any] | None) -> Config:
+    """Apply dotted overrides (['--train.max_steps=200'] or {'train.max_steps': 200}) and validate."""
+    over = _nest(_dotted(overrides))
+    over.pop("models", None)
+    return apply_dict(cfg, over).validate()
+
+
+def load_config(preset: str | None = "tiny", file: str | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Resolve preset (or file) + dotted overrides into a validated Config."""
+    base = read_toml(file) if file else (preset_dict(preset) if preset else {})
+    dotted = _dotted(overrides)
+    # model.name may come from an override: apply it first so [models.<name>] tables follow it.
+    if "model.name" in dotted:
+        base = {**base, "model": {**base.get("model", {}), "name": dotted["model.name"]}}
+    return apply_overrides(apply_dict(Config(), base), dotted)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a saved (resolved) config, e.g. from a checkpoint's JSON."""
+    return apply_dict(Config(), data).validate()

@@ -1,0 +1,43 @@
+"""Model registry: a name maps to a function that builds one block of that architecture.
+
+Later architectures (hope, titans, gated_deltanet, hope_attention) join with `@register`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from hopelm.config import ConfigError, ModelConfig
+from hopelm.layers.attention import CausalSelfAttention
+from hopelm.layers.mlp import SwiGLU, swiglu_width
+from hopelm.models.lm import LM, Block
+
+BlockFactory = Callable[[ModelConfig, int], Block]
+_REGISTRY: dict[str, BlockFactory] = {}
+
+
+def register(name: str) -> Callable[[BlockFactory], BlockFactory]:
+    def wrap(fn: BlockFactory) -> BlockFactory:
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_from_config(cfg: ModelConfig) -> LM:
+    if cfg.name not in _REGISTRY:
+        raise ConfigError(f"model.name={cfg.name!r} is not a registered model (known: {', '.join(list_models())}).")
+    return LM(cfg, _REGISTRY[cfg.name])
+
+
+def ffn_width(cfg: ModelConfig) -> int:
+    return cfg.d_ff or swiglu_width(cfg.d_model)
+
+
+@register("transformer")
+def transformer_block(cfg: ModelConfig, layer: int) -> Block:
+    """Transformer++ (SPEC §6): RoPE attention + SwiGLU, RMSNorm, no biases."""
+    return Block(cfg, CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta),
+                 SwiGLU(cfg.d_model, ffn_width(cfg)))

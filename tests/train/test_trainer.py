@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hopelm.train import trainer
+from hopelm.train.checkpoint import load_checkpoint
+from tests.train.conftest import SMALL
+
+
+def run(tmp_path: Path, *extra: str, name: str = "run", resume: str | None = None) -> dict:
+    overrides = SMALL + [f"--train.out_dir={tmp_path / name}", *extra]
+    cfg, tok, ckpt = trainer.prepare_run("tiny", None, overrides, resume)
+    return trainer.train(cfg, tok, ckpt)
+
+
+def test_thirty_steps_lower_the_loss(tmp_path):
+    out = run(tmp_path, "--train.max_steps=30", "--train.eval_interval=0")
+    losses = [out["losses"][s] for s in range(30)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5   # from ~ln(256)=5.5 towards ~3
+    assert out["metrics"]["val_loss"] < 5.0
+    assert (tmp_path / "run" / "final" / "manifest.json").is_file()
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in records} == {"train", "val"}
+
+
+def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
+    full = run(tmp_path, "--train.max_steps=12", "--checkpoint.interval=6", "--train.eval_interval=0", name="full")
+    resumed = run(tmp_path, "--train.out_dir=" + str(tmp_path / "resumed"), name="full",
+                  resume=str(tmp_path / "full" / "step_000006"))
+    assert sorted(resumed["losses"]) == list(range(6, 12))
+    for step in range(6, 12):
+        assert resumed["losses"][step] == full["losses"][step]   # bit-identical, not approximately
+    a = load_checkpoint(tmp_path / "full" / "final").model_state
+    b = load_checkpoint(tmp_path / "resumed" / "final").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
+    build = trainer.model_from_config
+    calls = {"n": 0}
+
+    def poisoned(cfg):
+        model = build(cfg)
+        forward = model.forward
+
+        def fwd(idx, targets=None, state=None):
+            out = forward(idx, targets, state)
+            calls["n"] += 1
+            if targets is not None and calls["n"] == 3:
+                return out._replace(loss=out.loss * float("nan"))
+            return out
+        model.forward = fwd
+        return model
+    monkeypatch.setattr(trainer, "model_from_config", poisoned)
+    out = run(tmp_path, "--train.max_steps=5", "--train.eval_interval=0")
+    assert out["skipped_steps"] == 1 and np.isnan(out["losses"][2])
+    assert np.isfinite(out["metrics"]["val_loss"])
+    assert "non-finite loss" in capsys.readouterr().err
+
+
+def test_bad_corpora_fail_before_compute(tmp_path):
+    from hopelm.data import DataError
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(bytes(range(256)) * 4)
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words\n")
+    for path in (empty, binary, short, tmp_path / "missing.txt"):
+        with pytest.raises(DataError, match=str(path.name)):
+            run(tmp_path, f"--data.path={path}", "--train.max_steps=1")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    common = SMALL + ["--train.max_steps=6", "--train.eval_interval=0", "--train.dtype=float64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "hopelm", "train", *common, f"--train.out_dir={tmp_path / 'one'}"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "hopelm", "train", *common, f"--train.out_dir={tmp_path / 'two'}"]
+    for cmd in (single, ddp):
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    a = load_checkpoint(tmp_path / "one" / "final")
+    b = load_checkpoint(tmp_path / "two" / "final")
+    for k in a.model_state:
+        torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-9, atol=1e-11)
+    assert abs(a.meta["metrics"]["val_loss"] - b.meta["metrics"]["val_loss"]) < 1e-9
