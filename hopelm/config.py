@@ -40,9 +40,17 @@ class ModelConfig:
     norm_eps: float = 1e-6
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Continuum Memory System (SPEC §5), the feed-forward of hope / hope_attention.
+    cms_periods: list[int] = field(default_factory=lambda: [0])   # tokens per update; 0 = static level
+    cms_lrs: list[float] = field(default_factory=lambda: [0.0])   # inner learning rate η^(ℓ) per level
+    cms_hidden: int = 0            # width of each level; 0: the SwiGLU width / number of levels
+    cms_variant: str = "sequential"  # sequential | independent | headwise
+    cms_momentum: float = 0.0      # inner SGD momentum of the online levels
+    cms_meta_grad: str = "first_order"  # first_order | exact (second order, small models only)
 
     def validate(self) -> None:
         _positive(self, "model", "d_model", "n_layers", "n_heads")
+        self._validate_cms()
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}.")
         if (self.d_model // self.n_heads) % 2:
@@ -51,6 +59,26 @@ class ModelConfig:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0 (0 means automatic).")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
+
+    def _validate_cms(self) -> None:
+        periods, lrs = self.cms_periods, self.cms_lrs
+        if not periods or len(lrs) != len(periods):
+            raise ConfigError(f"model.cms_lrs needs one rate per level of model.cms_periods={periods} (got {lrs}).")
+        if any(p < 0 for p in periods) or any(lr < 0 for lr in lrs):
+            raise ConfigError("model.cms_periods and model.cms_lrs must be >= 0 (period 0 = static level).")
+        if self.cms_variant not in ("sequential", "independent", "headwise"):
+            raise ConfigError(f"model.cms_variant={self.cms_variant!r} must be sequential, independent or headwise.")
+        if self.cms_variant == "headwise" and self.d_model % len(periods):
+            raise ConfigError(f"model.d_model={self.d_model} must be divisible by the {len(periods)} CMS levels "
+                              "for model.cms_variant='headwise'.")
+        if self.cms_meta_grad not in ("first_order", "exact"):
+            raise ConfigError(f"model.cms_meta_grad={self.cms_meta_grad!r} must be first_order or exact.")
+        if not 0.0 <= self.cms_momentum < 1.0 or self.cms_hidden < 0:
+            raise ConfigError("model.cms_momentum must be in [0, 1) and model.cms_hidden >= 0.")
+        online = [p for p, lr in zip(periods, lrs) if p > 0 and lr > 0]
+        if online and any(p % min(online) for p in online):
+            raise ConfigError(f"model.cms_periods={periods}: every online period must be a multiple of the "
+                              f"smallest one ({min(online)}), which sets the block size of the CMS loop.")
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Callable
 
 from hopelm.config import ConfigError, ModelConfig
 from hopelm.layers.attention import CausalSelfAttention
+from hopelm.layers.cms import CMS
 from hopelm.layers.mlp import SwiGLU, swiglu_width
 from hopelm.models.lm import LM, Block
 
@@ -41,3 +42,17 @@ def transformer_block(cfg: ModelConfig, layer: int) -> Block:
     """Transformer++ (SPEC §6): RoPE attention + SwiGLU, RMSNorm, no biases."""
     return Block(cfg, CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta),
                  SwiGLU(cfg.d_model, ffn_width(cfg)))
+
+
+def cms_from_config(cfg: ModelConfig) -> CMS:
+    """SPEC §5 levels sized for parameter parity with the transformer's SwiGLU: K sequential
+    levels of width d_ff / K (head-wise levels see d_model / K channels, so they keep d_ff)."""
+    K = len(cfg.cms_periods)
+    hidden = cfg.cms_hidden or (ffn_width(cfg) if cfg.cms_variant == "headwise" else -(-ffn_width(cfg) // K))
+    return CMS(cfg.d_model, hidden, cfg.cms_periods, cfg.cms_lrs, cfg.cms_variant, cfg.cms_momentum, cfg.norm_eps)
+
+
+@register("hope_attention")
+def hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
+    """HOPE-Attention (SPEC §6): causal softmax attention with RoPE + Continuum Memory System."""
+    return Block(cfg, CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta), cms_from_config(cfg))

@@ -188,6 +188,8 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             t_log, tokens_since = time.perf_counter(), 0
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
             logger.log(done, "train", loss=loss_value, lr=lr, grad_norm=float(grad_norm), tokens_per_s=tok_s)
+            if not tcfg.progress:  # no bar (logs, torchrun): print the line the bar would show
+                say(f"step {done}/{tcfg.max_steps}: loss {loss_value:.4f}, lr {lr:.2e}, {tok_s:,.0f} tokens/s")
         if (tcfg.eval_interval and done % tcfg.eval_interval == 0) or done == tcfg.max_steps:
             metrics = evaluate() if world.is_main else {}
             world.barrier()
