@@ -6,11 +6,13 @@ one call on the whole sequence computes.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -42,6 +44,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, rope_theta: float = 10000.0):
         super().__init__()
         self.n_heads, self.d_head, self.rope_theta = n_heads, d_model // n_heads, rope_theta
+        # The fused CPU kernel has no double backward; second-order users (CMS exact meta
+        # gradients) switch to the math kernel.
+        self.double_backward = False
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
@@ -55,13 +60,14 @@ class CausalSelfAttention(nn.Module):
         if state is not None:
             k = torch.cat([state.k, k], dim=2)
             v = torch.cat([state.v, v], dim=2)
-        if start == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)   # one new query sees the whole cache
-        else:
-            # A chunk after a cached prefix: query i (position start+i) sees keys 0..start+i.
-            mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        with sdpa_kernel(SDPBackend.MATH) if self.double_backward else contextlib.nullcontext():
+            if start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif T == 1:
+                y = F.scaled_dot_product_attention(q, k, v)   # one new query sees the whole cache
+            else:
+                # A chunk after a cached prefix: query i (position start+i) sees keys 0..start+i.
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.out(y), KVCache(k, v)

@@ -30,6 +30,7 @@ def list_models() -> list[str]:
 def model_from_config(cfg: ModelConfig) -> LM:
     if cfg.name not in _REGISTRY:
         raise ConfigError(f"model.name={cfg.name!r} is not a registered model (known: {', '.join(list_models())}).")
+    cfg.validate()
     return LM(cfg, _REGISTRY[cfg.name])
 
 
@@ -55,4 +56,6 @@ def cms_from_config(cfg: ModelConfig) -> CMS:
 @register("hope_attention")
 def hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
     """HOPE-Attention (SPEC §6): causal softmax attention with RoPE + Continuum Memory System."""
-    return Block(cfg, CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta), cms_from_config(cfg))
+    attention = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta)
+    attention.double_backward = cfg.cms_meta_grad == "exact"
+    return Block(cfg, attention, cms_from_config(cfg))
