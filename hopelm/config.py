@@ -48,9 +48,27 @@ class ModelConfig:
     cms_momentum: float = 0.0      # inner SGD momentum of the online levels
     cms_meta_grad: str = "first_order"  # first_order | exact (second order, small models only)
 
+    # Associative-memory mixer (SPEC §2–4): hope, and with fixed architecture choices titans and
+    # gated_deltanet (the registry pins what defines those baselines).
+    self_modifying: bool = True    # False: static k / v / η / α projections (NL Table 6 ablation)
+    memory_arch: str = "mlp"       # mlp | linear
+    memory_expansion: int = 1      # d_m / d_h of the mlp memories
+    objective: str = "l2"          # l2 | dot
+    precondition: bool = True      # DGD preconditioner (False: NL Table 6 "w/o DGD")
+    momentum: float = 0.0          # inner momentum β (Titans Eq. 13–14)
+    retention: bool = True         # False fixes α = 1 (NL Table 6 "w/o weight decay")
+    adaptive_q: bool = False       # q from a memory too
+    read_after_write: bool = False  # o_t = M_t(q_t) instead of Eq. 94's M_{t-1}(q_t)
+    chunk_size: int = 16           # chunk of M_memory (SPEC §4)
+    projection_chunk_size: int = 16  # chunk of the projection memories (a multiple of chunk_size)
+    detach_inner: bool = False     # first-order: no outer gradient through the inner updates
+    eta_max: float = 1.0
+
     def validate(self) -> None:
-        _positive(self, "model", "d_model", "n_layers", "n_heads")
+        _positive(self, "model", "d_model", "n_layers", "n_heads", "memory_expansion", "chunk_size",
+                  "projection_chunk_size", "eta_max")
         self._validate_cms()
+        self._validate_memory()
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}.")
         if (self.d_model // self.n_heads) % 2:
@@ -59,6 +77,17 @@ class ModelConfig:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0 (0 means automatic).")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
+
+    def _validate_memory(self) -> None:
+        if self.memory_arch not in ("mlp", "linear"):
+            raise ConfigError(f"model.memory_arch={self.memory_arch!r} must be mlp or linear.")
+        if self.objective not in ("l2", "dot"):
+            raise ConfigError(f"model.objective={self.objective!r} must be l2 or dot.")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"model.momentum={self.momentum} must be in [0, 1).")
+        if self.projection_chunk_size % self.chunk_size:
+            raise ConfigError(f"model.projection_chunk_size={self.projection_chunk_size} must be a multiple of "
+                              f"model.chunk_size={self.chunk_size}.")
 
     def _validate_cms(self) -> None:
         periods, lrs = self.cms_periods, self.cms_lrs
@@ -126,27 +155,54 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: str = "adamw"            # adamw | adam_memory | muon | m3 | dmgd | precond_momentum | delta_momentum
     lr: float = 3e-3
     min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
     weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = 0.9             # AdamW β1; M3 fast momentum β1
+    beta2: float = 0.95            # AdamW β2; M3 second moment β2; preconditioner of *_momentum
     eps: float = 1e-8
+    # hidden-matrix optimizers (SPEC §7); AdamW keeps embeddings, head, norms and gains
+    hidden_lr_scale: float = 1.0   # lr multiplier for the hidden-matrix optimizer
+    momentum: float = 0.95         # Muon μ; retention α of precond/delta momentum and DMGD
+    nesterov: bool = True          # Muon
+    ns_steps: int = 5              # Newton–Schulz steps T (Muon, M3)
+    muon_impl: str = "auto"        # auto (torch.optim.Muon when present) | torch | own
+    update_rms: float = 0.2        # M3/DMGD per-matrix update RMS (0: literal scale)
+    m3_f: int = 8                  # slow momentum period f (steps)
+    m3_alpha: float = 0.5          # weight α of the slow momentum
+    m3_beta3: float = 0.9          # slow momentum β3
+    m3_accumulate: str = "ema"     # ema (default) | sum (Algorithm 1's literal running sums)
+    precond: str = "rms"           # precond/delta momentum preconditioner P: rms | none
+    delta: float = 1.0             # delta momentum forgetting strength γ in m(αI − γ ĝĝᵀ)
+    dmgd_hidden: int = 16          # hidden width of DMGD's MLP memory
+    dmgd_lr: float = 0.1           # inner learning rate of DMGD's memory
 
     def validate(self) -> None:
-        if self.name not in ("adamw",):
-            raise ConfigError(f"optim.name={self.name!r} is not a known optimizer (known: adamw).")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr={self.lr} must be > 0.")
+        names = ("adamw", "adam_memory", "muon", "m3", "dmgd", "precond_momentum", "delta_momentum")
+        if self.name not in names:
+            raise ConfigError(f"optim.name={self.name!r} is not a known optimizer (known: {', '.join(names)}).")
+        for key in ("lr", "eps", "hidden_lr_scale", "dmgd_lr"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"optim.{key}={getattr(self, key)} must be > 0.")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1].")
-        for key in ("beta1", "beta2"):
+        for key in ("beta1", "beta2", "momentum", "m3_beta3"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"optim.{key}={getattr(self, key)} must be in [0, 1).")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.eps <= 0:
-            raise ConfigError("optim.warmup_steps and optim.weight_decay must be >= 0 and optim.eps > 0.")
+        for key in ("warmup_steps", "weight_decay", "update_rms", "m3_alpha", "dmgd_hidden"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key}={getattr(self, key)} must be >= 0.")
+        for key in ("m3_f", "ns_steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"optim.{key}={getattr(self, key)} must be >= 1.")
+        if not 0.0 <= self.delta <= 1.0:
+            raise ConfigError(f"optim.delta={self.delta} must be in [0, 1].")
+        for key, allowed in (("muon_impl", ("auto", "torch", "own")), ("m3_accumulate", ("ema", "sum")),
+                             ("precond", ("rms", "none"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"optim.{key}={getattr(self, key)!r} must be one of {', '.join(allowed)}.")
 
 
 @dataclass

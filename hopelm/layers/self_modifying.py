@@ -1,0 +1,165 @@
+"""Self-modifying Titans (NL §8, Eq. 83–97; SPEC §3) and the static-projection memories built from
+the same parts: the Titans neural memory and Gated DeltaNet.
+
+Per layer and head (SPEC §3):
+  1. x̃_t = SiLU(conv4(W_in x_t))                          causal depthwise conv, tail in the state
+  2. k_t = M_k(x̃_t), v_t = M_v(x̃_t),                      memories read at the reference state
+     η_t = η_max σ(w_ηᵀ M_η(x̃_t) + b_η), α_t = σ(w_αᵀ M_α(x̃_t) + b_α),  q_t = W_q x_t (static)
+  3. every memory □ learns ℓ(M_□; k_t, M_□(v_t)) by DGD (self-generated targets, Eq. 88)
+  4. o_t = M_memory,t−1(q_t)                                 (Eq. 94; read_after_write: M_t(q_t))
+  5. y = W_out (RMSNorm(concat heads o) ⊙ SiLU(W_g x))
+The projection memories M_k, M_v, M_η, M_α (and M_q with adaptive_q) are stacked along the head
+axis and written by one chunk_memory call per projection chunk; M_memory is one chunk_memory call
+over the whole input. The Python loop runs over projection chunks, never over tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hopelm.layers.norm import RMSNorm
+from hopelm.ops import MemoryState, chunk_conv, chunk_memory
+from hopelm.ops.decay import segments
+from hopelm.ops.memory import read
+
+
+@dataclass
+class MemoryOptions:
+    """Options of the inner memories (SPEC §2–4); names follow the model config keys."""
+    self_modifying: bool = True
+    memory_arch: str = "mlp"           # mlp | linear
+    memory_expansion: int = 1          # d_m = memory_expansion * d_h for the mlp memory
+    objective: str = "l2"              # l2 | dot
+    precondition: bool = True          # DGD's (α I − η k kᵀ) term; False = GD with weight decay
+    momentum: float = 0.0              # β of the inner momentum (Titans Eq. 13–14)
+    adaptive_q: bool = False           # q from a memory too (NL Table 6 ablation)
+    read_after_write: bool = False
+    chunk_size: int = 16
+    projection_chunk_size: int = 16
+    detach_inner: bool = False
+    eta_max: float = 1.0
+    retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
+    conv_width: int = 4
+
+
+@dataclass
+class SMState:
+    conv: torch.Tensor | None          # [B, conv_width − 1, D] last inputs of the short conv
+    proj: MemoryState | None           # stacked projection memories, heads [k | v | η | α (| q)]
+    mem: MemoryState | None            # M_memory
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1, eps=1e-6)
+
+
+class MemoryInit(nn.Module):
+    """Learnable initial state M_0 of `n` memories per head (meta-learned through the unrolled
+    in-context updates, SPEC §3.6): M(x) = x + W1 σ(W2 x) (mlp) or M(x) = W x (linear)."""
+
+    def __init__(self, n: int, d_h: int, d_m: int, arch: str):
+        super().__init__()
+        self.arch = arch
+        if arch == "mlp":
+            # W2 reads the key; a small W1 keeps M close to the identity residual at the start.
+            self.W2 = nn.Parameter(torch.randn(n, d_m, d_h) / math.sqrt(d_h))
+            self.W1 = nn.Parameter(torch.randn(n, d_h, d_m) * 0.02)
+        else:
+            self.W = nn.Parameter(torch.eye(d_h).repeat(n, 1, 1) + torch.randn(n, d_h, d_h) * 0.02)
+
+    def state(self, batch: int) -> MemoryState:
+        names = ("W1", "W2") if self.arch == "mlp" else ("W",)
+        return MemoryState(**{n: getattr(self, n).unsqueeze(0).expand(batch, -1, -1, -1) for n in names})
+
+
+class SelfModifyingMemory(nn.Module):
+    """The HOPE sequence mixer. `opts.self_modifying=False` gives static linear projections for
+    k, v, η, α (Titans neural memory / Gated DeltaNet, depending on the memory options)."""
+
+    def __init__(self, d_model: int, n_heads: int, opts: MemoryOptions):
+        super().__init__()
+        self.opts, self.H, self.d_h = opts, n_heads, d_model // n_heads
+        d_h, H = self.d_h, n_heads
+        d_m = opts.memory_expansion * d_h if opts.memory_arch == "mlp" else d_h
+        self.conv = nn.Parameter(torch.empty(d_model, opts.conv_width).uniform_(-1, 1) / math.sqrt(opts.conv_width))
+        if not (opts.self_modifying and opts.adaptive_q):
+            self.q = nn.Linear(d_model, d_model, bias=False)       # the one static projection
+        self.gate = nn.Linear(d_model, d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.norm = RMSNorm(d_model)
+        # Gate heads: η ≈ 0.1 and α ≈ 0.999 at initialisation (SPEC §3 decision).
+        self.b_eta = nn.Parameter(torch.full((H,), math.log(0.1 / opts.eta_max) - math.log1p(-0.1 / opts.eta_max)))
+        self.b_alpha = nn.Parameter(torch.full((H,), math.log(0.999 / 0.001)))
+        if opts.self_modifying:
+            self.w_in = nn.Linear(d_model, d_model, bias=False)
+            self.n_proj = 5 if opts.adaptive_q else 4
+            self.proj_init = MemoryInit(self.n_proj * H, d_h, d_m, opts.memory_arch)
+            self.w_eta = nn.Parameter(torch.randn(H, d_h) * 0.02)
+            self.w_alpha = nn.Parameter(torch.randn(H, d_h) * 0.02)
+        else:
+            self.k = nn.Linear(d_model, d_model, bias=False)
+            self.v = nn.Linear(d_model, d_model, bias=False)
+            self.eta_alpha = nn.Linear(d_model, 2 * H, bias=False)
+        self.mem_init = MemoryInit(H, d_h, d_m, opts.memory_arch)
+
+    def memory_kwargs(self, self_target: bool, chunk_size: int) -> dict:
+        o = self.opts
+        return dict(arch=o.memory_arch, objective=o.objective, precondition=o.precondition, momentum=o.momentum,
+                    self_target=self_target, read_after_write=o.read_after_write, chunk_size=chunk_size,
+                    detach_inner=o.detach_inner)
+
+    def _gates(self, eta_raw: torch.Tensor, alpha_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """η = η_max σ(· + b_η), α = σ(· + b_α) per head; inputs [B, T, H]."""
+        eta = self.opts.eta_max * torch.sigmoid(eta_raw + self.b_eta)
+        alpha = torch.sigmoid(alpha_raw + self.b_alpha) if self.opts.retention else torch.ones_like(eta)
+        return eta, alpha
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.H, self.d_h)                   # [B, T, H, d_h]
+
+    def _self_generated(self, xt: torch.Tensor, proj: MemoryState):
+        """k, v, η, α (and q) from the projection memories, read at the reference state of each
+        projection chunk, and the memories' own DGD writes (SPEC §3 steps 2–3, §4)."""
+        P, H, n = self.opts.projection_chunk_size, self.H, self.n_proj
+        names = ("W1", "W2") if self.opts.memory_arch == "mlp" else ("W",)
+        outs, T = [], xt.shape[1]
+        chunks = [(s + c * L, L) for s, n_chunks, L in segments(T, P, proj.pos) for c in range(n_chunks)]
+        for start, length in chunks:
+            ref_prefix = "ref_" if proj.pos % P else ""
+            ref = {w: getattr(proj, ref_prefix + w) for w in names}
+            x = xt[:, start:start + length].transpose(1, 2).repeat(1, n, 1, 1)   # [B, nH, L, d_h]
+            r = read(ref, x).transpose(1, 2)                                     # [B, L, nH, d_h]
+            k, v, e, a, *q = r.split(H, dim=2)
+            k = _l2norm(k)
+            eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
+            rep = lambda t: t.repeat(1, 1, n, *([1] * (t.dim() - 3)))          # same write for all memories
+            _, proj = chunk_memory(rep(k), rep(k), rep(v), rep(eta), rep(alpha), proj,
+                                   **self.memory_kwargs(True, P))
+            outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
+        k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
+        return k, v, eta, alpha, q, proj
+
+    def forward(self, x: torch.Tensor, state: SMState | None = None) -> tuple[torch.Tensor, SMState]:
+        B, T, D = x.shape
+        if state is None:
+            state = SMState(None, self.proj_init.state(B) if self.opts.self_modifying else None, self.mem_init.state(B))
+        if self.opts.self_modifying:
+            xc, tail = chunk_conv(self.w_in(x), self.conv, state.conv)
+            xt = self._heads(F.silu(xc))
+            k, v, eta, alpha, q, proj = self._self_generated(xt, state.proj)
+            if q is None:
+                q = _l2norm(self._heads(self.q(x)))
+        else:
+            xc, tail = chunk_conv(x, self.conv, state.conv)
+            xt = F.silu(xc)
+            k, v = _l2norm(self._heads(self.k(xt))), self._heads(self.v(xt))
+            eta, alpha = self._gates(*self.eta_alpha(xt).split(self.H, dim=-1))
+            q, proj = _l2norm(self._heads(self.q(x))), None
+        o, mem = chunk_memory(q, k, v, eta, alpha, state.mem,
+                              **self.memory_kwargs(self.opts.self_modifying, self.opts.chunk_size))
+        y = self.norm(o.reshape(B, T, D)) * F.silu(self.gate(x))
+        return self.out(y), SMState(tail, proj, mem)
