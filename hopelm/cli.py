@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a run directory or checkpoint to continue exactly")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on a split")
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a checkpoint on a split; "
+                       "`hopelm eval <task> --help` for the task suite (mqar, formal, mad, niah, babilong, continual)")
     p.add_argument("checkpoint")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p.add_argument("--batches", type=int, default=50)
@@ -164,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from hopelm.data import DataError
     from hopelm.train.checkpoint import CheckpointError
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "eval":
+        from hopelm.eval import tasks_cli
+        if argv[1] in tasks_cli.TASKS:   # `hopelm eval <task>`: the evaluation suite
+            return tasks_cli.main(argv[1:])
     args, extra = build_parser().parse_known_args(argv)
     try:
         args.fn(args, _split_overrides(extra))

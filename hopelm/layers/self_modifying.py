@@ -24,7 +24,7 @@ from torch import nn
 from hopelm.layers.norm import RMSNorm
 from hopelm.ops import MemoryState, chunk_conv, chunk_memory
 from hopelm.ops.decay import segments
-from hopelm.ops.memory import read
+from hopelm.ops.memory import read_memory
 
 
 @dataclass
@@ -132,7 +132,7 @@ class SelfModifyingMemory(nn.Module):
             ref_prefix = "ref_" if proj.pos % P else ""
             ref = {w: getattr(proj, ref_prefix + w) for w in names}
             x = xt[:, start:start + length].transpose(1, 2).repeat(1, n, 1, 1)   # [B, nH, L, d_h]
-            r = read(ref, x).transpose(1, 2)                                     # [B, L, nH, d_h]
+            r = read_memory(ref, x).transpose(1, 2)                                     # [B, L, nH, d_h]
             k, v, e, a, *q = r.split(H, dim=2)
             k = _l2norm(k)
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from torch import nn
+
 from hopelm.config import ConfigError, ModelConfig
 from hopelm.layers.attention import CausalSelfAttention
 from hopelm.layers.cms import CMS
@@ -40,6 +42,31 @@ def ffn_width(cfg: ModelConfig) -> int:
     return cfg.d_ff or swiglu_width(cfg.d_model)
 
 
+def parity_width(cfg: ModelConfig, mixer: nn.Module, levels: int = 1, headwise: bool = False) -> int:
+    """Feed-forward hidden width that gives a block the parameter count of a Transformer++ block
+    of the same d_model (fair comparisons, SPEC §6): whatever the mixer holds beyond attention's
+    4·d² comes out of the feed-forward, shared equally by its `levels`."""
+    D = cfg.d_model
+    surplus = sum(p.numel() for p in mixer.parameters()) - 4 * D * D
+    per_unit = 3 * D if headwise else 3 * D * levels        # parameters per unit of hidden width
+    width = (3 * D * ffn_width(cfg) - surplus) / per_unit
+    if width < 8:
+        raise ConfigError(f"model {cfg.name!r}: the mixer alone exceeds a transformer block's parameters at "
+                          f"d_model={D}; set model.d_ff or model.cms_hidden explicitly.")
+    return 4 * round(width / 4)
+
+
+def cms_from_config(cfg: ModelConfig, mixer: nn.Module) -> CMS:
+    """SPEC §5 levels; unless model.cms_hidden is set, sized for parameter parity (parity_width)."""
+    K, headwise = len(cfg.cms_periods), cfg.cms_variant == "headwise"
+    hidden = cfg.cms_hidden or parity_width(cfg, mixer, K, headwise)
+    return CMS(cfg.d_model, hidden, cfg.cms_periods, cfg.cms_lrs, cfg.cms_variant, cfg.cms_momentum, cfg.norm_eps)
+
+
+def static_ffn(cfg: ModelConfig, mixer: nn.Module) -> SwiGLU:
+    return SwiGLU(cfg.d_model, parity_width(cfg, mixer))
+
+
 @register("transformer")
 def transformer_block(cfg: ModelConfig, layer: int) -> Block:
     """Transformer++ (SPEC §6): RoPE attention + SwiGLU, RMSNorm, no biases."""
@@ -47,20 +74,12 @@ def transformer_block(cfg: ModelConfig, layer: int) -> Block:
                  SwiGLU(cfg.d_model, ffn_width(cfg)))
 
 
-def cms_from_config(cfg: ModelConfig) -> CMS:
-    """SPEC §5 levels sized for parameter parity with the transformer's SwiGLU: K sequential
-    levels of width d_ff / K (head-wise levels see d_model / K channels, so they keep d_ff)."""
-    K = len(cfg.cms_periods)
-    hidden = cfg.cms_hidden or (ffn_width(cfg) if cfg.cms_variant == "headwise" else -(-ffn_width(cfg) // K))
-    return CMS(cfg.d_model, hidden, cfg.cms_periods, cfg.cms_lrs, cfg.cms_variant, cfg.cms_momentum, cfg.norm_eps)
-
-
 @register("hope_attention")
 def hope_attention_block(cfg: ModelConfig, layer: int) -> Block:
     """HOPE-Attention (SPEC §6): causal softmax attention with RoPE + Continuum Memory System."""
     attention = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.rope_theta)
     attention.double_backward = cfg.cms_meta_grad == "exact"
-    return Block(cfg, attention, cms_from_config(cfg))
+    return Block(cfg, attention, cms_from_config(cfg, attention))
 
 
 def memory_options(cfg: ModelConfig, **pinned) -> MemoryOptions:
@@ -81,14 +100,16 @@ def check_cms_alignment(cfg: ModelConfig) -> None:
 def hope_block(cfg: ModelConfig, layer: int) -> Block:
     """HOPE (SPEC §6): self-modifying Titans (mlp memories, DGD) + Continuum Memory System."""
     check_cms_alignment(cfg)
-    return Block(cfg, SelfModifyingMemory(cfg.d_model, cfg.n_heads, memory_options(cfg)), cms_from_config(cfg))
+    mixer = SelfModifyingMemory(cfg.d_model, cfg.n_heads, memory_options(cfg))
+    return Block(cfg, mixer, cms_from_config(cfg, mixer))
 
 
 @register("titans")
 def titans_block(cfg: ModelConfig, layer: int) -> Block:
     """Titans (SPEC §6): neural mlp memory with static projections, momentum, no DGD, v̂ = v."""
     opts = memory_options(cfg, self_modifying=False, memory_arch="mlp", precondition=False, read_after_write=True)
-    return Block(cfg, SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts), SwiGLU(cfg.d_model, ffn_width(cfg)))
+    mixer = SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+    return Block(cfg, mixer, static_ffn(cfg, mixer))
 
 
 @register("gated_deltanet")
@@ -97,4 +118,5 @@ def gated_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
     S_t = S_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ (the dot objective with the preconditioner)."""
     opts = memory_options(cfg, self_modifying=False, memory_arch="linear", objective="dot", precondition=True,
                           momentum=0.0, read_after_write=True)
-    return Block(cfg, SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts), SwiGLU(cfg.d_model, ffn_width(cfg)))
+    mixer = SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+    return Block(cfg, mixer, static_ffn(cfg, mixer))
