@@ -1,0 +1,257 @@
+"""The associative memory (SPEC §2–4): naive == chunk == repeated step, the literal Eq. 88, causality,
+and the chunk approximation being real but vanishing with the learning rate."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hopelm.ops import MemoryState, chunk_memory, naive_memory, step_memory
+
+from .helpers import F64, assert_close, grads, rand_like_leaf, seq_inputs
+
+B, H, D, DM = 2, 2, 4, 6
+FIELDS = ["W", "W1", "W2", "S", "S1", "S2", "ref_W", "ref_W1", "ref_W2"]
+OPTION_NAMES = ["arch", "objective", "precondition", "momentum", "self_target", "read_after_write", "detach_inner"]
+ALL_OPTIONS = list(itertools.product(["linear", "mlp"], ["l2", "dot"], [True, False], [0.0, 0.5],
+                                     [True, False], [False, True], [False, True]))
+# Representative configurations for the length × chunk-size sweep.
+PRESETS = {
+    "hope": dict(arch="mlp", objective="l2", precondition=True, momentum=0.0, self_target=True),
+    "titans": dict(arch="mlp", objective="l2", precondition=False, momentum=0.5, self_target=False),
+    "dgd+momentum": dict(arch="mlp", objective="l2", precondition=True, momentum=0.5, self_target=True,
+                         read_after_write=True),
+    "linear-dot": dict(arch="linear", objective="dot", precondition=True, momentum=0.5, self_target=True,
+                       detach_inner=True),
+}
+
+
+def initial_state(arch: str, momentum: float, dtype=F64) -> MemoryState:
+    if arch == "linear":
+        s = MemoryState(W=rand_like_leaf((B, H, D, D), 1, dtype=dtype))
+        if momentum:
+            s.S = rand_like_leaf((B, H, D, D), 2, scale=0.1, dtype=dtype)
+        return s
+    s = MemoryState(W1=rand_like_leaf((B, H, D, DM), 1, dtype=dtype), W2=rand_like_leaf((B, H, DM, D), 2, dtype=dtype))
+    if momentum:
+        s.S1 = rand_like_leaf((B, H, D, DM), 3, scale=0.1, dtype=dtype)
+        s.S2 = rand_like_leaf((B, H, DM, D), 4, scale=0.1, dtype=dtype)
+    return s
+
+
+def state_leaves(s: MemoryState) -> list[torch.Tensor]:
+    return [getattr(s, f) for f in FIELDS if getattr(s, f) is not None]
+
+
+def run(fn, x, s0, **opts):
+    """Outputs, every field of the final state, and gradients w.r.t. q, k, v, eta, alpha and s0."""
+    o, s = fn(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, **opts)
+    outs = [o] + [getattr(s, f) for f in FIELDS]
+    return outs + grads(outs, [x[n] for n in ("q", "k", "v", "eta", "alpha")] + state_leaves(s0)), s
+
+
+def check_parity(T: int, C: int, opts: dict, eta_max: float = 0.5, dtype=F64, tol: float = 1e-10):
+    x = seq_inputs(B, T, H, D, eta_max=eta_max, dtype=dtype)
+    s0 = initial_state(opts.get("arch", "mlp"), opts.get("momentum", 0.0), dtype=dtype)
+    a, sa = run(naive_memory, x, s0, chunk_size=C, **opts)
+    b, sb = run(chunk_memory, x, s0, chunk_size=C, **opts)
+    names = ["o"] + FIELDS + ["dq", "dk", "dv", "deta", "dalpha"] + [f"d{f}0" for f in FIELDS if getattr(s0, f) is not None]
+    for name, u, w in zip(names, a, b):
+        assert_close(u, w, tol=tol, what=name)
+    assert sa.pos == sb.pos == T
+
+
+@pytest.mark.parametrize("C", [1, 8, 16])
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=lambda o: "-".join(map(str, o)))
+def test_every_option_combination(options, C):
+    check_parity(23, C, dict(zip(OPTION_NAMES, options)))
+
+
+@pytest.mark.parametrize("C", [1, 8, 16, 64])
+@pytest.mark.parametrize("T", [1, 7, 64, 100, 257])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_lengths_and_chunk_sizes(preset, T, C):
+    # long sequences with the self-referential dot objective grow fast: keep η small there
+    check_parity(T, C, PRESETS[preset], eta_max=0.5 if T <= 64 else 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("C", [1, 8, 16, 64])
+@pytest.mark.parametrize("T", [1, 7, 64, 100, 257])
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=lambda o: "-".join(map(str, o)))
+def test_full_product(options, T, C):
+    check_parity(T, C, dict(zip(OPTION_NAMES, options)), eta_max=0.2)
+
+
+@pytest.mark.parametrize("preset", ["hope", "titans"])
+def test_float32_relative(preset):
+    check_parity(100, 16, PRESETS[preset], dtype=torch.float32, tol=1e-4)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+@pytest.mark.parametrize("arch", ["linear", "mlp"])
+def test_prefill_then_decode_then_prefill(arch, momentum):
+    """chunk_memory (ends mid-chunk) -> step_memory × 6 -> chunk_memory == one chunk_memory call."""
+    opts = dict(arch=arch, momentum=momentum, chunk_size=8)
+    T = 40
+    x = seq_inputs(B, T, H, D)
+    s0 = initial_state(arch, momentum)
+    o_ref, s_ref = chunk_memory(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, **opts)
+    part = lambda a, b: [x[n][:, a:b] for n in ("q", "k", "v", "eta", "alpha")]
+    o1, s = chunk_memory(*part(0, 13), s0, **opts)
+    assert s.pos == 13 and all(getattr(s, "ref_" + n) is not None for n in (["W"] if arch == "linear" else ["W1", "W2"]))
+    outs = [o1]
+    for t in range(13, 19):
+        o, s = step_memory(*part(t, t + 1), s, **opts)
+        outs.append(o)
+    o3, s = chunk_memory(*part(19, T), s, **opts)
+    assert_close(o_ref, torch.cat(outs + [o3], 1), what="o")
+    for f in FIELDS:
+        assert_close(getattr(s_ref, f), getattr(s, f), what=f)
+    # the explicit position counter gives the same step
+    p = part(13, 14)
+    _, s_a = chunk_memory(*part(0, 13), s0, **opts)
+    o_a, _ = step_memory(*p, s_a, **opts)
+    o_b, _ = step_memory(*p, s_a, pos=13, **opts)
+    assert_close(o_a, o_b)
+
+
+# ---------------------------------------------------------------------------------------------
+# NL Eq. 88 written out by hand, gradients by autograd (independent of the analytic gradients)
+
+def literal_eq88(x, s0, *, arch, objective, precondition, momentum, self_target, read_after_write):
+    """Per sequence b, head h, token t, with the exact sequential semantics (chunk_size = 1)."""
+    T = x["q"].shape[1]
+    names = ["W"] if arch == "linear" else ["W2", "W1"]
+    mom = {"W": "S", "W1": "S1", "W2": "S2"}
+    o = torch.zeros(B, T, H, D, dtype=F64)
+    final = {}
+    for b, h in itertools.product(range(B), range(H)):
+        W = {n: getattr(s0, n)[b, h].detach().clone() for n in names}
+        S = {n: (getattr(s0, mom[n])[b, h].detach().clone() if momentum else torch.zeros_like(W[n])) for n in names}
+
+        def M(Wd, y):
+            if arch == "linear":
+                return Wd["W"] @ y
+            return y + Wd["W1"] @ F.silu(Wd["W2"] @ y)
+
+        for t in range(T):
+            q, k, v = (x[n][b, t, h].detach() for n in "qkv")
+            eta, alpha = x["eta"][b, t, h].item(), x["alpha"][b, t, h].item()
+            if not read_after_write:
+                o[b, t, h] = M(W, q)
+            target = M(W, v) if self_target else v            # v̂ = M_{t−1}(v), a constant target
+            leaf = {n: w.clone().requires_grad_() for n, w in W.items()}
+            loss = 0.5 * (M(leaf, k) - target).square().sum() if objective == "l2" else -(M(leaf, k) @ target)
+            G = dict(zip(names, torch.autograd.grad(loss, [leaf[n] for n in names])))
+            new = {}
+            for n in names:
+                S[n] = momentum * S[n] - eta * G[n]           # momentum=0: S = −η G
+                if n == names[0] and precondition:            # input-side weight: W (αI − η k kᵀ)
+                    P = alpha * torch.eye(D, dtype=F64) - eta * torch.outer(k, k)
+                    new[n] = W[n] @ P + S[n]
+                else:
+                    new[n] = alpha * W[n] + S[n]
+            W = new
+            if read_after_write:
+                o[b, t, h] = M(W, q)
+        for n in names:
+            final.setdefault(n, torch.zeros_like(getattr(s0, n)))[b, h] = W[n]
+    return o, final
+
+
+@pytest.mark.parametrize("options", [o[:6] for o in ALL_OPTIONS if not o[6]], ids=lambda o: "-".join(map(str, o)))
+def test_naive_chunk1_is_literal_eq88(options):
+    opts = dict(zip(OPTION_NAMES[:6], options))
+    x = seq_inputs(B, 9, H, D)
+    s0 = initial_state(opts["arch"], opts["momentum"])
+    o_lit, W_lit = literal_eq88(x, s0, **opts)
+    for fn in (naive_memory, chunk_memory):
+        with torch.no_grad():
+            o, s = fn(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, chunk_size=1, **opts)
+        assert_close(o_lit, o, what=f"{fn.__name__} o")
+        for n, w in W_lit.items():
+            assert_close(w, getattr(s, n), what=f"{fn.__name__} {n}")
+
+
+# ---------------------------------------------------------------------------------------------
+# causality and the chunk approximation
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_causality(preset):
+    T, t0 = 40, 19
+    x = seq_inputs(B, T, H, D)
+    s0 = initial_state(PRESETS[preset]["arch"], PRESETS[preset]["momentum"])
+    with torch.no_grad():
+        o, _ = chunk_memory(*(x[n] for n in ("q", "k", "v", "eta", "alpha")), s0, chunk_size=8, **PRESETS[preset])
+        y = {n: t.detach().clone() for n, t in x.items()}
+        for n in ("q", "k", "v"):
+            y[n][:, t0] = F.normalize(torch.randn_like(y[n][:, t0]), dim=-1)
+        y["eta"][:, t0], y["alpha"][:, t0] = 0.05, 0.9
+        o2, _ = chunk_memory(*(y[n] for n in ("q", "k", "v", "eta", "alpha")), s0, chunk_size=8, **PRESETS[preset])
+    assert (o[:, :t0] - o2[:, :t0]).abs().max() < 1e-12
+    assert (o[:, t0:] - o2[:, t0:]).abs().max() > 1e-6
+
+
+def _outputs(x, s0, C, scale, **opts):
+    """Learning rate η·scale; the forgetting rate 1 − α shrinks with it, since retention alone moves
+    the state away from the chunk-start reference by O(1 − α) whatever η is."""
+    with torch.no_grad():
+        alpha = 1 - (1 - x["alpha"]) * scale
+        return chunk_memory(x["q"], x["k"], x["v"], x["eta"] * scale, alpha, s0, chunk_size=C, **opts)[0]
+
+
+@pytest.mark.parametrize("arch", ["linear", "mlp"])
+def test_chunking_is_a_real_approximation_that_vanishes_with_the_learning_rate(arch):
+    """State-dependent gradients: C=16 differs from the exact C=1, by O(η²) against an O(η) update
+    (with the forgetting rate 1 − α scaled together with η, see _outputs)."""
+    x = seq_inputs(B, 64, H, D, eta_max=1.0)
+    s0 = initial_state(arch, 0.0)
+    rel = []
+    for scale in (0.5, 0.05, 0.005):
+        o1, o16, o0 = (_outputs(x, s0, C, sc, arch=arch) for C, sc in ((1, scale), (16, scale), (1, 0.0)))
+        rel.append(((o16 - o1).norm() / (o1 - o0).norm()).item())
+    assert rel[0] > 1e-2                      # the approximation is real
+    assert rel[2] < rel[1] < rel[0]           # and shrinks with the learning rate ...
+    assert rel[2] < 0.05 * rel[0]             # ... linearly (ratio of O(η²) to O(η))
+
+
+def test_state_independent_gradients_make_chunking_exact():
+    """Linear memory, dot objective, v̂ = v: G_t = −v_t k_tᵀ does not depend on the state."""
+    x = seq_inputs(B, 50, H, D)
+    s0 = initial_state("linear", 0.0)
+    opts = dict(arch="linear", objective="dot", self_target=False)
+    assert_close(_outputs(x, s0, 1, 1.0, **opts), _outputs(x, s0, 16, 1.0, **opts))
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck and errors
+
+def test_gradcheck_chunk_memory():
+    x = seq_inputs(1, 5, 2, 3, eta_max=0.5)
+    W1 = rand_like_leaf((1, 2, 3, 4), 1)
+    W2 = rand_like_leaf((1, 2, 4, 3), 2)
+
+    def f(q, k, v, eta, alpha, W1, W2):
+        o, s = chunk_memory(q, k, v, eta, alpha, MemoryState(W1=W1, W2=W2), chunk_size=2, momentum=0.5)
+        return o, s.W1, s.W2, s.S1, s.S2
+
+    assert torch.autograd.gradcheck(f, (x["q"], x["k"], x["v"], x["eta"], x["alpha"], W1, W2))
+
+
+def test_bad_arguments_fail_with_one_clear_error():
+    x = seq_inputs(B, 4, H, D)
+    args = [x[n] for n in ("q", "k", "v", "eta", "alpha")]
+    s = initial_state("mlp", 0.0)
+    with pytest.raises(ValueError, match="arch"):
+        chunk_memory(*args, s, arch="transformer")
+    with pytest.raises(ValueError, match="objective"):
+        chunk_memory(*args, s, objective="l1")
+    with pytest.raises(ValueError, match="momentum"):
+        chunk_memory(*args, s, momentum=1.0)
+    with pytest.raises(ValueError, match="missing"):
+        chunk_memory(*args, s, arch="linear")
+    with pytest.raises(ValueError, match="reference"):
+        step_memory(*(a[:, :1] for a in args), MemoryState(W1=s.W1, W2=s.W2, pos=3), chunk_size=8)
