@@ -138,7 +138,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | float64 | bfloat16
     grad_clip: float = 1.0         # 0 disables clipping
-    out_dir: str = "runs/default"
+    out_dir: str = "runs/{model}"  # "{model}" is replaced by model.name
     compile: bool = False
     progress: bool = True
     tensorboard: bool = True
@@ -301,6 +301,8 @@ def apply_dict(cfg: Config, data: dict[str, Any]) -> Config:
             raise ConfigError(f"Config section '{section}' must be a table.")
         _apply(getattr(cfg, section), values, section + ".")
     per_model = data.get("models", {})
+    for name, table in per_model.items():   # check every table, not only the one in use
+        _apply(ModelConfig(), table, f"models.{name}.")
     if cfg.model.name in per_model:
         _apply(cfg.model, per_model[cfg.model.name], "model.")
     return cfg

@@ -124,7 +124,7 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
     if tcfg.compile:
         model = torch.compile(model)
 
-    out_dir = Path(tcfg.out_dir)
+    out_dir = Path(tcfg.out_dir.replace("{model}", cfg.model.name))
     logger = MetricsLogger(out_dir, tcfg.tensorboard, enabled=world.is_main)
     if world.is_main:
         say(f"hopelm: training {cfg.model.name} ({raw_model.param_counts()['non_embedding']:,} non-embedding "
