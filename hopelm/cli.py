@@ -1,4 +1,4 @@
-"""`hopelm` command line: train, eval, sample, info, tokenizer.
+"""`hopelm` command line: train, eval, sample, info, levels, tokenizer.
 
 Any argument of the form `--section.key=value` is a config override (`--train.max_steps=200`).
 Errors in user input print one sentence and exit with status 2.
@@ -98,6 +98,32 @@ def cmd_info(args, overrides: list[str]) -> None:
     print(f"device: {device}; torch {torch.__version__}; {torch.get_num_threads()} threads")
 
 
+def cmd_levels(args, overrides: list[str]) -> None:
+    """Every component's level, period and measured update frequency f_z(H) (SPEC §1)."""
+    import hopelm
+    from hopelm.config import apply_overrides
+    from hopelm.data import load_tokens
+    from hopelm.eval.levels import measure_levels, plot_levels
+    model, tokenizer = hopelm.load(args.checkpoint)
+    cfg = apply_overrides(model.run_config, overrides)
+    data = load_tokens(cfg.data, tokenizer, args.split)
+    if len(data.tokens) < args.tokens:
+        raise ConfigError(f"--tokens {args.tokens} is more than the {len(data.tokens)} tokens of the {args.split} split.")
+    tokens = torch.as_tensor(data.tokens[:args.tokens].astype("int64"))[None]
+    rows = measure_levels(model, tokens)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"measured over H = {args.tokens} tokens of the {args.split} split, fed one at a time")
+        print(f"{'level':>5}  {'f_z(H)':>8}  {'period':>7}  component")
+        for r in rows:
+            period = f"{r['period']:.1f}" if r["period"] else "-"
+            print(f"{r['level']:>5}  {r['frequency']:>8.4f}  {period:>7}  {r['component']}")
+    if args.plot:
+        plot_levels(rows, args.plot)
+        print(f"frequency spectrum saved to {args.plot}", file=sys.stderr)
+
+
 def cmd_tokenizer(args, overrides: list[str]) -> None:
     from pathlib import Path
 
@@ -151,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("levels", help="nested-learning levels: measured update frequency of every component")
+    p.add_argument("checkpoint")
+    p.add_argument("--tokens", type=int, default=512, help="horizon H of the measurement")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--plot", default=None, help="save the frequency spectrum as an image (PNG)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_levels)
 
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tsub = p.add_subparsers(dest="tok_command", required=True)

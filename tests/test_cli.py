@@ -81,3 +81,20 @@ def test_python_api(tmp_path):
     idx = torch.tensor([tokenizer.encode("To be")])
     logits, loss, state = loaded(idx, targets=idx)
     assert logits.shape == (1, 5, 256) and loss is not None and len(state) == 2
+
+
+def test_levels_of_a_hope_checkpoint(tmp_path, capsys):
+    run = tmp_path / "hope"
+    main(["train", *SMALL, "--model.name=hope", "--model.chunk_size=4", "--model.projection_chunk_size=4",
+          "--model.cms_periods=[8,16,0]", "--model.cms_lrs=[0.01,0.01,0.0]", "--train.max_steps=2",
+          f"--train.out_dir={run}"])
+    capsys.readouterr()
+    main(["levels", str(run), "--tokens", "48", "--json", "--plot", str(tmp_path / "levels.png")])
+    rows = {r["component"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["block 0: M_memory"]["frequency"] == 1.0
+    assert rows["block 0: CMS level 0"]["period"] == 8.0 and rows["block 0: CMS level 0"]["updates"] == 5
+    assert rows["block 1: CMS level 1"]["period"] == 16.0 and rows["block 1: CMS level 1"]["updates"] == 2
+    assert rows["block 0: CMS level 2 (static)"]["frequency"] == 0.0
+    assert (tmp_path / "levels.png").stat().st_size > 0
+    main(["sample", str(run), "--prompt", "KING", "--max-new-tokens", "20"])   # recurrent + CMS decoding
+    assert capsys.readouterr().out.startswith("KING")
