@@ -63,6 +63,7 @@ class ModelConfig:
     projection_chunk_size: int = 16  # chunk of the projection memories (a multiple of chunk_size)
     detach_inner: bool = False     # first-order: no outer gradient through the inner updates
     eta_max: float = 1.0
+    normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
 
     def validate(self) -> None:
         _positive(self, "model", "d_model", "n_layers", "n_heads", "memory_expansion", "chunk_size",

@@ -42,6 +42,7 @@ class MemoryOptions:
     projection_chunk_size: int = 16
     detach_inner: bool = False
     eta_max: float = 1.0
+    normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
     conv_width: int = 4
 
@@ -91,8 +92,10 @@ class SelfModifyingMemory(nn.Module):
         self.gate = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.norm = RMSNorm(d_model)
-        # Gate heads: η ≈ 0.1 and α ≈ 0.999 at initialisation (SPEC §3 decision).
-        self.b_eta = nn.Parameter(torch.full((H,), math.log(0.1 / opts.eta_max) - math.log1p(-0.1 / opts.eta_max)))
+        # Gate heads: η ≈ 0.1 (or η_max / 2 when η_max < 0.2) and α ≈ 0.999 at initialisation
+        # (SPEC §3 decision).
+        eta0 = min(0.1, opts.eta_max / 2) / opts.eta_max
+        self.b_eta = nn.Parameter(torch.full((H,), math.log(eta0) - math.log1p(-eta0)))
         self.b_alpha = nn.Parameter(torch.full((H,), math.log(0.999 / 0.001)))
         if opts.self_modifying:
             self.w_in = nn.Linear(d_model, d_model, bias=False)
@@ -135,6 +138,8 @@ class SelfModifyingMemory(nn.Module):
             r = read_memory(ref, x).transpose(1, 2)                                     # [B, L, nH, d_h]
             k, v, e, a, *q = r.split(H, dim=2)
             k = _l2norm(k)
+            if self.opts.normalize_v:   # see docs/paper_map.md, "Decisions": unnormalised v diverged
+                v = _l2norm(v)
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
             rep = lambda t: t.repeat(1, 1, n, *([1] * (t.dim() - 3)))          # same write for all memories
             _, proj = chunk_memory(rep(k), rep(k), rep(v), rep(eta), rep(alpha), proj,

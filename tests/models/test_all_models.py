@@ -79,6 +79,7 @@ def test_every_parameter_receives_gradient(name):
     {"adaptive_q": True},               # q from a memory
     {"objective": "dot"},
     {"read_after_write": True},
+    {"normalize_v": False},             # raw self-generated values (the literal SPEC §3 rule)
     {"detach_inner": True},
 ])
 def test_each_ablation_changes_the_computation(flag):
