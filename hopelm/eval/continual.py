@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from hopelm.eval.runner import IGNORE, Example, answer_loss, collate, data_root, small_model, train
 

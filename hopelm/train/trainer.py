@@ -96,14 +96,14 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
     seed_everything(tcfg.seed)
     say = (lambda msg: tqdm.write(msg, file=sys.stderr)) if world.is_main else (lambda msg: None)
 
-    # Data first: a bad corpus fails before any model is built. Rank 0 fills the token cache.
-    if world.is_main:
-        train_data = load_tokens(cfg.data, tokenizer, "train")
-        val_data = load_tokens(cfg.data, tokenizer, "validation")
-    world.barrier()
+    # Data first: a bad corpus fails before any model is built. Rank 0 fills the token cache
+    # while the other ranks wait at the barrier, then they read it.
     if not world.is_main:
-        train_data = load_tokens(cfg.data, tokenizer, "train")
-        val_data = load_tokens(cfg.data, tokenizer, "validation")
+        world.barrier()
+    train_data = load_tokens(cfg.data, tokenizer, "train")
+    val_data = load_tokens(cfg.data, tokenizer, "validation")
+    if world.is_main:
+        world.barrier()
     seq_len = cfg.data.seq_len
     sampler = WindowSampler(train_data, seq_len, tcfg.batch_size, tcfg.seed, world.rank, world.size)
     val_windows = eval_windows(val_data, seq_len, tcfg.batch_size, tcfg.eval_batches)

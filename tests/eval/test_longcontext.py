@@ -8,7 +8,7 @@ import pytest
 
 from hopelm.data import get_tokenizer
 from hopelm.eval.babilong import TASKS, BabilongTask, Sample, babilong_example, load_babi
-from hopelm.eval.niah import KINDS, NIAHTask, haystack_text, niah_example
+from hopelm.eval.niah import KINDS, haystack_text, niah_example
 
 from .conftest import DATA, need
 

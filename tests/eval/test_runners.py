@@ -5,7 +5,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from hopelm.eval import continual, runner
 from hopelm.eval.babilong import BabilongTask

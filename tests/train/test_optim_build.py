@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from hopelm.config import ModelConfig, OptimConfig
 from hopelm.models import model_from_config
