@@ -141,9 +141,10 @@ class SelfModifyingMemory(nn.Module):
             if self.opts.normalize_v:   # see docs/paper_map.md, "Decisions": unnormalised v diverged
                 v = _l2norm(v)
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
-            rep = lambda t: t.repeat(1, 1, n, *([1] * (t.dim() - 3)))          # same write for all memories
-            _, proj = chunk_memory(rep(k), rep(k), rep(v), rep(eta), rep(alpha), proj,
-                                   **self.memory_kwargs(True, P))
+            # Every projection memory writes the same (k, η, α) with its own target M_□(v): one
+            # grouped write, no read (only the new state is needed).
+            _, proj = chunk_memory(None, k, v.repeat(1, 1, n, 1), eta, alpha, proj,
+                                   groups=n, **self.memory_kwargs(True, P))
             outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
         k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
         return k, v, eta, alpha, q, proj

@@ -177,26 +177,40 @@ def chunk_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor, state: MemoryState,
     *, arch: str = "mlp", objective: str = "l2", precondition: bool = True, momentum: float = 0.0,
     self_target: bool = True, read_after_write: bool = False, chunk_size: int = 16,
-    detach_inner: bool = False,
-) -> tuple[Tensor, MemoryState]:
+    detach_inner: bool = False, groups: int = 1,
+) -> tuple[Tensor | None, MemoryState]:
     """Chunked memory (SPEC §4): loop over chunks; inside a chunk, gradients at the chunk-start
     reference state, and the retention, preconditioner and reads exact (WY form + masked matmuls).
 
     q, k, v [B,T,H,d_h] (k, q L2-normalised by the caller); eta, alpha [B,T,H] in (0, 1).
-    Returns o [B,T,H,d_h] and the new MemoryState (same field names).
+    Returns o [B,T,H,d_h] and the new MemoryState (same field names). q=None writes without
+    reading (o is None): the projection memories of HOPE only need their new state.
+
+    groups > 1: the state holds `groups` memories stacked along the head axis (memory-major) that
+    share one write stream, so k, eta and alpha come with H / groups heads while v (each memory
+    makes its own target from it) has all H. The factors that depend only on k, η, α (the decay
+    coefficients and the WY triangular solve) are then computed once instead of `groups` times.
     """
     names = _check(state, arch, objective, chunk_size, momentum)
-    B, T, H, _ = q.shape
+    B, T, H, _ = v.shape
+    if k.shape[2] * groups != H or eta.shape[2] * groups != H:
+        raise ValueError(f"k and eta need {H // groups} heads (v has {H}, groups={groups}), "
+                         f"got {k.shape[2]} and {eta.shape[2]}")
+    # [n, B, H/groups, ...] -> [n, B, H, ...], memory-major like the stacked state
+    tile = lambda t: t if t is None or groups == 1 else t.repeat(1, 1, groups, *([1] * (t.dim() - 3)))
     W, Mo = _weights(state, names), _momenta(state, names, momentum)
     ref = _weights(state, names, "ref_") if state.pos % chunk_size else None
     n0 = names[0]                                 # the input-side weight (W or W2), read by q
     os = []
     for start, n, L in segments(T, chunk_size, state.pos):
-        qc, kc, vc = (to_chunks(x, start, n, L) for x in (q, k, v))      # [n,B,H,L,d_h]
+        kc, vc = to_chunks(k, start, n, L), to_chunks(v, start, n, L)    # [n,B,H,L,d_h]
         ec, ac = to_chunks(eta, start, n, L), to_chunks(alpha, start, n, L)  # [n,B,H,L]
         co = decay_coeffs(ac, momentum)           # shared by all weights: same α, β
+        factors = wy_factors(kc, ec, co) if precondition else None
+        kc, ec = tile(kc), tile(ec)
+        co = co._replace(**{f: tile(getattr(co, f)) for f in ("G", "D", "g", "c")})
         per = lambda t: t.unbind(0) if t is not None else [None] * n
-        wys = [WY(*f) for f in zip(*(per(t) for t in wy_factors(kc, ec, co)))] if precondition else [None] * n
+        wys = [WY(*f) for f in zip(*(per(tile(t)) for t in factors))] if precondition else [None] * n
         # Sequential part: per chunk, the writes at the reference state and the chunk-end state.
         # Everything a read needs is kept per chunk (never per token) and read in one batch below.
         keep = {m: dict(W=[], M=[], u=[], d=[], x=[]) for m in names}
@@ -211,10 +225,14 @@ def chunk_memory(
                 ueff, d = ei * u, None                                   # [B,H,L,d_out]
                 if m == n0 and precondition:
                     ueff, d = delta_writes(W[m], Mo[m], ueff, wy)
-                for key, val in zip("WMudx", (W[m], Mo[m], ueff, d, x)):
-                    keep[m][key].append(val)
+                if q is not None:
+                    for key, val in zip("WMudx", (W[m], Mo[m], ueff, d, x)):
+                        keep[m][key].append(val)
                 new_W[m], new_M[m] = chunk_write(W[m], Mo[m], x, ueff, last, d)
             W, Mo = new_W, new_M
+        if q is None:
+            continue
+        qc = to_chunks(q, start, n, L)
         stack = lambda m, key: torch.stack(keep[m][key]) if keep[m][key][0] is not None else None
         read = lambda m, q_: chunk_read(stack(m, "W"), stack(m, "M"), stack(m, "x"), stack(m, "u"), q_, co,
                                         read_after_write=read_after_write, delta=stack(m, "d"))
@@ -222,5 +240,5 @@ def chunk_memory(
         if arch == "mlp":
             o = qc + read("W1", F.silu(o))        # two-stage read (SPEC §4): q + W1 σ(W2 q)
         os.append(from_chunks(o))
-    o = torch.cat(os, 1) if os else torch.zeros_like(q)
+    o = None if q is None else torch.cat(os, 1) if os else torch.zeros_like(q)
     return o, _new_state(names, W, Mo, ref if ref is not None else W, state.pos + T, chunk_size)

@@ -255,3 +255,29 @@ def test_bad_arguments_fail_with_one_clear_error():
         chunk_memory(*args, s, arch="linear")
     with pytest.raises(ValueError, match="reference"):
         step_memory(*(a[:, :1] for a in args), MemoryState(W1=s.W1, W2=s.W2, pos=3), chunk_size=8)
+
+
+@pytest.mark.parametrize("preset", ["hope", "dgd+momentum", "linear-dot"])
+@pytest.mark.parametrize("T,C", [(13, 4), (8, 8)])
+def test_grouped_write_without_read_equals_repeated_streams(preset, T, C):
+    """groups=G with q=None (HOPE's projection memories): the same final state and gradients as G
+    stacked memories each given a copy of k, η, α, with the read skipped."""
+    G = 3
+    opts = {**PRESETS[preset], "chunk_size": C}
+    x = seq_inputs(B, T, H, D)
+    v = torch.randn(B, T, G * H, D, dtype=F64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    rep = lambda t: t.repeat(1, 1, G, *([1] * (t.dim() - 3)))
+    init = initial_state(opts["arch"], opts["momentum"])
+    s0 = MemoryState(**{f: rand_like_leaf(getattr(init, f).shape[:1] + (G * H,) + getattr(init, f).shape[2:], i)
+                        for i, f in enumerate(FIELDS) if getattr(init, f) is not None})
+    leaves = [x["k"], v, x["eta"], x["alpha"]] + state_leaves(s0)
+    o, a = chunk_memory(rep(x["k"]), rep(x["k"]), v, rep(x["eta"]), rep(x["alpha"]), s0, **opts)
+    _, b = chunk_memory(None, x["k"], v, x["eta"], x["alpha"], s0, groups=G, **opts)
+    outs_a, outs_b = state_leaves(a), state_leaves(b)
+    assert o is not None and len(outs_a) == len(outs_b) > 0
+    for f, ta, tb in zip(FIELDS, outs_a, outs_b):
+        assert_close(ta, tb, what=f)
+    for ga, gb in zip(grads(outs_a, leaves), grads(outs_b, leaves)):
+        assert_close(ga, gb, what="grad")
+    with pytest.raises(ValueError, match="heads"):
+        chunk_memory(None, rep(x["k"]), v, x["eta"], x["alpha"], s0, groups=G, **opts)
