@@ -4,6 +4,7 @@
 
 Tasks: mqar, formal, mad, niah, babilong, continual. Each prints a table (mean ± std over seeds per
 bin, or ACC / F / BWT / mean a_ii per method) and writes every number, per seed, to JSON.
+`hopelm eval continual-lm` (a stream of books) has its own flags: see hopelm/eval/continual_lm.py.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASKS = ("mqar", "formal", "mad", "niah", "babilong", "continual")
+TASKS = ("mqar", "formal", "mad", "niah", "babilong", "continual", "continual-lm")
 DEFAULT_STEPS = {"mqar": 1000, "formal": 1000, "mad": 1000, "niah": 500, "babilong": 500, "continual": 200}
 
 
@@ -204,6 +205,9 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["continual-lm"]:   # a stream of books, not train-then-test seeds: its own flags
+        from hopelm.eval import continual_lm
+        return continual_lm.main(argv[1:])
     args = parser().parse_args(argv)
     if args.threads:
         import torch
