@@ -1,4 +1,4 @@
-"""`hopelm` command line: train, eval, sample, info, levels, tokenizer.
+"""`hopelm` command line: train, eval, sample, info, levels, tokenizer, bench.
 
 Any argument of the form `--section.key=value` is a config override (`--train.max_steps=200`).
 Errors in user input print one sentence and exit with status 2.
@@ -142,6 +142,11 @@ def cmd_tokenizer(args, overrides: list[str]) -> None:
     print(f"trained a {tok.vocab_size}-token byte-level BPE on {args.data or 'TinyShakespeare'}; saved {args.out}")
 
 
+def cmd_bench(args, overrides: list[str]) -> None:
+    from hopelm.bench import run_bench
+    run_bench(args, overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hopelm", description="Nested Learning / HOPE language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="save the frequency spectrum as an image (PNG)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_levels)
+
+    p = sub.add_parser("bench", help="training tokens/s, prefill and decode latency vs length, MFU of every model")
+    _add_config_args(p)
+    from hopelm.bench import add_arguments   # the harness defines its own flags
+    add_arguments(p)
+    p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer")
     tsub = p.add_subparsers(dest="tok_command", required=True)
