@@ -1,4 +1,4 @@
-"""`hopelm` command line: train, eval, sample, info, levels, tokenizer, bench.
+"""`hopelm` command line: train, eval, sample, info, levels, stack, tokenizer, bench.
 
 Any argument of the form `--section.key=value` is a config override (`--train.max_steps=200`).
 Errors in user input print one sentence and exit with status 2.
@@ -124,6 +124,45 @@ def cmd_levels(args, overrides: list[str]) -> None:
         print(f"frequency spectrum saved to {args.plot}", file=sys.stderr)
 
 
+def _numbers(text: str, kind: type, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.strip("[]").split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} must be a comma-separated list of numbers, like 64,128,0.") from None
+
+
+def cmd_stack(args, overrides: list[str]) -> None:
+    """Ad-hoc level stacking (NL §7.3): a trained model's FFNs become CMS levels, saved as the
+    step-0 checkpoint of a new run directory that `hopelm train --resume` fine-tunes."""
+    import copy
+    from pathlib import Path
+
+    import hopelm
+    from hopelm.config import apply_overrides
+    from hopelm.models.stacking import stack_levels
+    from hopelm.train.checkpoint import latest_checkpoint, save_checkpoint
+    if any(o.startswith("--model.") for o in overrides):
+        raise ConfigError("stack builds the model section itself; set the levels with --cms-periods, --cms-lrs, "
+                          "--cms-variant and --cms-momentum (other overrides: train.*, optim.*, data.*).")
+    if latest_checkpoint(args.out) is not None:
+        raise ConfigError(f"--out {args.out!r} already holds a checkpoint; give a new run directory.")
+    model, tokenizer = hopelm.load(args.checkpoint)
+    stacked = stack_levels(model, _numbers(args.cms_periods, int, "--cms-periods"),
+                           _numbers(args.cms_lrs, float, "--cms-lrs"), args.cms_variant, args.cms_momentum,
+                           args.pretrained_level)
+    cfg = copy.deepcopy(model.run_config)
+    cfg.model = stacked.cfg
+    cfg.train.out_dir = str(args.out)         # fine-tuning continues in the new run directory
+    cfg = apply_overrides(cfg, overrides)
+    meta = {"step": 0, "tokens_seen": 0, "tokenizer": tokenizer.to_dict(), "stacked_from": str(args.checkpoint)}
+    path = save_checkpoint(Path(args.out) / "step_000000", model=stacked, optimizer=None, config=cfg.to_dict(),
+                           meta=meta)
+    n_old, n_new = model.param_counts()["non_embedding"], stacked.param_counts()["non_embedding"]
+    print(f"stacked {model.cfg.name} -> {stacked.cfg.name}: CMS periods {stacked.cfg.cms_periods}, rates "
+          f"{stacked.cfg.cms_lrs} ({stacked.cfg.cms_variant}); {n_old:,} -> {n_new:,} non-embedding parameters; "
+          f"saved {path}. Fine-tune with: hopelm train --resume {args.out}")
+
+
 def cmd_tokenizer(args, overrides: list[str]) -> None:
     from pathlib import Path
 
@@ -190,6 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="save the frequency spectrum as an image (PNG)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_levels)
+
+    p = sub.add_parser("stack", help="ad-hoc level stacking (NL §7.3): turn a trained model's MLPs into CMS levels")
+    p.add_argument("checkpoint", help="a transformer, titans or gated_deltanet checkpoint or run directory")
+    p.add_argument("--out", required=True, help="new run directory; the stacked model is saved as its step_000000")
+    p.add_argument("--cms-periods", required=True, help="tokens per update of each level, fastest first: 64,128,0")
+    p.add_argument("--cms-lrs", required=True, help="inner learning rate of each level: 1e-3,3e-4,0")
+    p.add_argument("--cms-variant", default="sequential", choices=["sequential", "nested", "independent"])
+    p.add_argument("--cms-momentum", type=float, default=0.0)
+    p.add_argument("--pretrained-level", type=int, default=-1,
+                   help="the level that keeps the pretrained MLP whole (default -1: the slowest); "
+                        "the others start with a zero down-projection")
+    p.set_defaults(fn=cmd_stack)
 
     p = sub.add_parser("bench", help="training tokens/s, prefill and decode latency vs length, MFU of every model")
     _add_config_args(p)

@@ -44,7 +44,7 @@ class ModelConfig:
     cms_periods: list[int] = field(default_factory=lambda: [0])   # tokens per update; 0 = static level
     cms_lrs: list[float] = field(default_factory=lambda: [0.0])   # inner learning rate η^(ℓ) per level
     cms_hidden: int = 0            # width of each level; 0: the SwiGLU width / number of levels
-    cms_variant: str = "sequential"  # sequential | independent | headwise
+    cms_variant: str = "sequential"  # sequential | independent | headwise | nested
     cms_momentum: float = 0.0      # inner SGD momentum of the online levels
     cms_meta_grad: str = "first_order"  # first_order | exact (second order, small models only)
 
@@ -96,8 +96,15 @@ class ModelConfig:
             raise ConfigError(f"model.cms_lrs needs one rate per level of model.cms_periods={periods} (got {lrs}).")
         if any(p < 0 for p in periods) or any(lr < 0 for lr in lrs):
             raise ConfigError("model.cms_periods and model.cms_lrs must be >= 0 (period 0 = static level).")
-        if self.cms_variant not in ("sequential", "independent", "headwise"):
-            raise ConfigError(f"model.cms_variant={self.cms_variant!r} must be sequential, independent or headwise.")
+        if self.cms_variant not in ("sequential", "independent", "headwise", "nested"):
+            raise ConfigError(f"model.cms_variant={self.cms_variant!r} must be sequential, independent, headwise "
+                              "or nested.")
+        timed = [p for p in periods if p > 0]
+        if self.cms_variant == "nested" and (periods[:len(timed)] != timed or
+                                             any(b <= a or b % a for a, b in zip(timed, timed[1:]))):
+            # Level ℓ+1 restarts level ℓ at its boundaries, which must fall on level ℓ's (Eq. 72).
+            raise ConfigError(f"model.cms_periods={periods}: the nested CMS needs the periods fastest first, each a "
+                              "larger multiple of the one before, and static levels (period 0) last.")
         if self.cms_variant == "headwise" and self.d_model % len(periods):
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by the {len(periods)} CMS levels "
                               "for model.cms_variant='headwise'.")

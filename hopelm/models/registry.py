@@ -1,6 +1,9 @@
 """Model registry: a name maps to a function that builds one block of that architecture.
 
-Later architectures (hope, titans, gated_deltanet, hope_attention) join with `@register`.
+Architectures join with `@register`. `titans_cms` and `gated_deltanet_cms` (the baselines' mixers
+with a Continuum Memory System as feed-forward) are registered unlisted: they exist so that
+`hopelm stack` (models/stacking.py) can turn a trained titans / gated_deltanet into a CMS model
+that `hopelm.load` rebuilds, but they are not among the compared models (`list_models()`).
 """
 from __future__ import annotations
 
@@ -18,22 +21,27 @@ from hopelm.models.lm import LM, Block
 
 BlockFactory = Callable[[ModelConfig, int], Block]
 _REGISTRY: dict[str, BlockFactory] = {}
+_UNLISTED: set[str] = set()
 
 
-def register(name: str) -> Callable[[BlockFactory], BlockFactory]:
+def register(name: str, listed: bool = True) -> Callable[[BlockFactory], BlockFactory]:
     def wrap(fn: BlockFactory) -> BlockFactory:
         _REGISTRY[name] = fn
+        if not listed:
+            _UNLISTED.add(name)
         return fn
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(unlisted: bool = False) -> list[str]:
+    """The compared models; `unlisted=True` adds the stacking targets (titans_cms, ...)."""
+    return sorted(n for n in _REGISTRY if unlisted or n not in _UNLISTED)
 
 
 def model_from_config(cfg: ModelConfig) -> LM:
     if cfg.name not in _REGISTRY:
-        raise ConfigError(f"model.name={cfg.name!r} is not a registered model (known: {', '.join(list_models())}).")
+        raise ConfigError(f"model.name={cfg.name!r} is not a registered model "
+                          f"(known: {', '.join(list_models(unlisted=True))}).")
     cfg.validate()
     return LM(cfg, _REGISTRY[cfg.name])
 
@@ -88,12 +96,14 @@ def memory_options(cfg: ModelConfig, **pinned) -> MemoryOptions:
     return MemoryOptions(**{**{k: getattr(cfg, k) for k in keys}, **pinned})
 
 
-def check_cms_alignment(cfg: ModelConfig) -> None:
-    """Online CMS periods are block sizes of the model loop; keep them whole memory chunks."""
+def check_cms_alignment(cfg: ModelConfig, key: str = "projection_chunk_size") -> None:
+    """Online CMS periods are block sizes of the model loop; keep them whole memory chunks
+    (`key`: the largest chunk of the mixer; hope's projection memories, else M_memory's)."""
     online = [p for p, lr in zip(cfg.cms_periods, cfg.cms_lrs) if p > 0 and lr > 0]
-    if any(p % cfg.projection_chunk_size for p in online):
+    if any(p % getattr(cfg, key) for p in online):
+        also = " (and model.chunk_size)" if key != "chunk_size" else ""
         raise ConfigError(f"model.cms_periods={cfg.cms_periods}: online periods must be multiples of "
-                          f"model.projection_chunk_size={cfg.projection_chunk_size} (and model.chunk_size).")
+                          f"model.{key}={getattr(cfg, key)}{also}.")
 
 
 @register("hope")
@@ -104,19 +114,45 @@ def hope_block(cfg: ModelConfig, layer: int) -> Block:
     return Block(cfg, mixer, cms_from_config(cfg, mixer))
 
 
-@register("titans")
-def titans_block(cfg: ModelConfig, layer: int) -> Block:
+def titans_mixer(cfg: ModelConfig) -> SelfModifyingMemory:
     """Titans (SPEC §6): neural mlp memory with static projections, momentum, no DGD, v̂ = v."""
     opts = memory_options(cfg, self_modifying=False, memory_arch="mlp", precondition=False, read_after_write=True)
-    mixer = SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+    return SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+
+
+def gated_deltanet_mixer(cfg: ModelConfig) -> SelfModifyingMemory:
+    """Gated DeltaNet (SPEC §6): linear memory, static projections, gated delta rule
+    S_t = S_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ (the dot objective with the preconditioner)."""
+    opts = memory_options(cfg, self_modifying=False, memory_arch="linear", objective="dot", precondition=True,
+                          momentum=0.0, read_after_write=True)
+    return SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+
+
+@register("titans")
+def titans_block(cfg: ModelConfig, layer: int) -> Block:
+    """Titans (SPEC §6): the Titans neural memory + a SwiGLU feed-forward."""
+    mixer = titans_mixer(cfg)
     return Block(cfg, mixer, static_ffn(cfg, mixer))
 
 
 @register("gated_deltanet")
 def gated_deltanet_block(cfg: ModelConfig, layer: int) -> Block:
-    """Gated DeltaNet (SPEC §6): linear memory, static projections, gated delta rule
-    S_t = S_{t−1}(α_t I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ (the dot objective with the preconditioner)."""
-    opts = memory_options(cfg, self_modifying=False, memory_arch="linear", objective="dot", precondition=True,
-                          momentum=0.0, read_after_write=True)
-    mixer = SelfModifyingMemory(cfg.d_model, cfg.n_heads, opts)
+    """Gated DeltaNet (SPEC §6): the gated delta rule + a SwiGLU feed-forward."""
+    mixer = gated_deltanet_mixer(cfg)
     return Block(cfg, mixer, static_ffn(cfg, mixer))
+
+
+@register("titans_cms", listed=False)
+def titans_cms_block(cfg: ModelConfig, layer: int) -> Block:
+    """The Titans mixer + CMS: what `hopelm stack` makes of a trained titans (NL §7.3)."""
+    check_cms_alignment(cfg, "chunk_size")
+    mixer = titans_mixer(cfg)
+    return Block(cfg, mixer, cms_from_config(cfg, mixer))
+
+
+@register("gated_deltanet_cms", listed=False)
+def gated_deltanet_cms_block(cfg: ModelConfig, layer: int) -> Block:
+    """The Gated DeltaNet mixer + CMS: what `hopelm stack` makes of a trained gated_deltanet."""
+    check_cms_alignment(cfg, "chunk_size")
+    mixer = gated_deltanet_mixer(cfg)
+    return Block(cfg, mixer, cms_from_config(cfg, mixer))

@@ -75,6 +75,7 @@ def test_every_parameter_receives_gradient(name):
     {"momentum": 0.5},                  # momentum on (the default hope has none; Table 6 removes it)
     {"retention": False},               # w/o weight decay: α fixed at 1
     {"cms_lrs": [0.0, 0.0]},            # w/o CMS in-context learning: static MLP levels
+    {"cms_variant": "nested"},          # NL Eq. 72: the period-8 level restarts the period-4 one
     {"self_modifying": False},          # static k / v / η / α projections
     {"adaptive_q": True},               # q from a memory
     {"objective": "dot"},

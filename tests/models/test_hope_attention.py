@@ -29,6 +29,7 @@ def stream(model, x, cuts):
     ("sequential", [1]), ("sequential", [5]), ("sequential", [8, 9, 10, 11]),
     ("sequential", list(range(1, 27))),                       # prefix of 1, then token by token
     ("independent", [3, 11, 13, 14, 22]), ("headwise", [3, 11, 13, 14, 22]),
+    ("nested", [3, 11, 13, 14, 22]),                           # more in test_cms_variants.py
 ])
 def test_full_forward_equals_streaming(variant, cuts):
     m = build(cms_variant=variant, d_model=24 if variant == "headwise" else 16)  # 24: three channel groups
