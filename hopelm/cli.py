@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from hopelm.data import DataError
     from hopelm.train.checkpoint import CheckpointError
+    from hopelm.train.trainer import TrainingDiverged
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) >= 2 and argv[0] == "eval":
         from hopelm.eval import tasks_cli
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"hopelm {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:
+        print(f"hopelm {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,16 @@ def resolve_vocab(cfg: Config, vocab_size: int) -> None:
                           f"vocabulary ({vocab_size}).")
 
 
+# Skipping one bad batch is recovery; the same failure on every batch means the weights themselves
+# now blow up the forward pass (e.g. an unstable inner memory), and skipping forever would only
+# burn the remaining budget and then save a model that cannot be evaluated.
+MAX_SKIPS_IN_A_ROW = 10
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
 def prepare_run(preset: str | None = "tiny", config_file: str | None = None,
                 overrides: list[str] | None = None, resume: str | None = None):
     """Resolve the config (from a checkpoint when resuming), the tokenizer and the checkpoint."""
@@ -147,7 +157,7 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
 
     losses: dict[int, float] = {}
     metrics: dict[str, float] = {}
-    skipped = 0
+    skipped = in_a_row = 0
     bar = tqdm(total=tcfg.max_steps, initial=start, disable=not (world.is_main and tcfg.progress),
                desc=cfg.model.name, dynamic_ncols=True, file=sys.stderr)
     t_log, tokens_since = time.perf_counter(), 0
@@ -172,10 +182,16 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
         if not (np.isfinite(loss_value) and torch.isfinite(grad_norm)):
             # Skip rather than poison the weights and the optimizer moments; say so every time.
             skipped += 1
+            in_a_row += 1
             say(f"step {step}: non-finite loss {loss_value} / grad norm {grad_norm.item()}; step skipped.")
             optimizer.zero_grad(set_to_none=True)
             logger.log(step, "skip", loss=loss_value)
+            if in_a_row >= MAX_SKIPS_IN_A_ROW:
+                raise TrainingDiverged(
+                    f"Training diverged: {in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
+                    f"gradient; lower optim.lr or the model's inner rates (model.eta_max, model.cms_lrs).")
         else:
+            in_a_row = 0
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         losses[step] = loss_value

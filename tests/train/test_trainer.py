@@ -44,7 +44,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
+def poison(monkeypatch, bad_calls) -> None:
+    """Make the model's training loss NaN on the forward calls whose number is in `bad_calls`."""
     build = trainer.model_from_config
     calls = {"n": 0}
 
@@ -55,16 +56,26 @@ def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
         def fwd(idx, targets=None, state=None):
             out = forward(idx, targets, state)
             calls["n"] += 1
-            if targets is not None and calls["n"] == 3:
+            if targets is not None and calls["n"] in bad_calls:
                 return out._replace(loss=out.loss * float("nan"))
             return out
         model.forward = fwd
         return model
     monkeypatch.setattr(trainer, "model_from_config", poisoned)
+
+
+def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
+    poison(monkeypatch, {3})
     out = run(tmp_path, "--train.max_steps=5", "--train.eval_interval=0")
     assert out["skipped_steps"] == 1 and np.isnan(out["losses"][2])
     assert np.isfinite(out["metrics"]["val_loss"])
     assert "non-finite loss" in capsys.readouterr().err
+
+
+def test_training_that_keeps_diverging_stops_with_one_sentence(tmp_path, monkeypatch):
+    poison(monkeypatch, set(range(3, 100)))
+    with pytest.raises(trainer.TrainingDiverged, match=f"{trainer.MAX_SKIPS_IN_A_ROW} steps in a row"):
+        run(tmp_path, "--train.max_steps=30", "--train.eval_interval=0")
 
 
 def test_bad_corpora_fail_before_compute(tmp_path):
