@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import sys
@@ -408,12 +407,8 @@ def main(argv: list[str]) -> None:
         print(f"hopelm eval continual-lm: error: {e}", file=sys.stderr)
         sys.exit(2)
     result["seconds"] = round(time.time() - t0, 1)
-    print(table(result))
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
+    from hopelm.eval.tasks_cli import emit
+    emit(result, table(result), args.out, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -215,13 +215,19 @@ def main(argv: list[str]) -> None:
     t0 = time.time()
     result = run(args)
     result["seconds"] = round(time.time() - t0, 1)
-    print(table(result))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.out}")
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
+    emit(result, table(result), args.out, plot, args.plot)
+
+
+def emit(result: dict[str, Any], text: str, out: str | None, plot_fn, plot_path: str | None) -> None:
+    """Print the table, write the JSON and draw the figure (each when asked for); shared with
+    continual_lm."""
+    print(text)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
+    if plot_path:
+        plot_fn(result, plot_path)
+        print(f"wrote {plot_path}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from hopelm.data import get_tokenizer
 from hopelm.eval.levels import measure_levels
 from hopelm.models import model_from_config, stack_levels
 from hopelm.train.checkpoint import save_checkpoint
+from tests.models.test_hope_attention import stream
 
 V = 30
 MIXERS = {"transformer": {}, "titans": {"momentum": 0.5, "chunk_size": 4}, "gated_deltanet": {"chunk_size": 4}}
@@ -22,15 +23,6 @@ def build(name="hope_attention", **kw):
         base.update(cms_periods=[4, 8, 0], cms_lrs=[0.1, 0.05, 0.0], cms_variant="nested")
     torch.manual_seed(0)
     return model_from_config(ModelConfig(**{**base, **MIXERS.get(name, {}), **kw})).double()
-
-
-def stream(model, x, cuts):
-    outs, state, start = [], None, 0
-    for end in [*cuts, x.shape[1]]:
-        out = model(x[:, start:end], state=state)
-        outs.append(out.logits)
-        state, start = out.state, end
-    return torch.cat(outs, 1), state
 
 
 def close(a, b, atol=1e-10):
