@@ -24,7 +24,7 @@ from torch import nn
 from hopelm.layers.norm import RMSNorm
 from hopelm.ops import MemoryState, chunk_conv, chunk_memory
 from hopelm.ops.decay import segments
-from hopelm.ops.memory import read_memory
+from hopelm.ops.memory import read_grouped
 
 
 @dataclass
@@ -134,8 +134,8 @@ class SelfModifyingMemory(nn.Module):
         for start, length in chunks:
             ref_prefix = "ref_" if proj.pos % P else ""
             ref = {w: getattr(proj, ref_prefix + w) for w in names}
-            x = xt[:, start:start + length].transpose(1, 2).repeat(1, n, 1, 1)   # [B, nH, L, d_h]
-            r = read_memory(ref, x).transpose(1, 2)                                     # [B, L, nH, d_h]
+            x = xt[:, start:start + length].transpose(1, 2)                  # [B, H, L, d_h]
+            r = read_grouped(ref, x, n).transpose(1, 2)                      # [B, L, nH, d_h]
             k, v, e, a, *q = r.split(H, dim=2)
             k = _l2norm(k)
             if self.opts.normalize_v:   # see docs/paper_map.md, "Decisions": unnormalised v diverged
@@ -143,8 +143,7 @@ class SelfModifyingMemory(nn.Module):
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
             # Every projection memory writes the same (k, η, α) with its own target M_□(v): one
             # grouped write, no read (only the new state is needed).
-            _, proj = chunk_memory(None, k, v.repeat(1, 1, n, 1), eta, alpha, proj,
-                                   groups=n, **self.memory_kwargs(True, P))
+            _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **self.memory_kwargs(True, P))
             outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
         k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
         return k, v, eta, alpha, q, proj

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .decay import chunk_read, chunk_write, decay_coeffs, from_chunks, last_rows, segments, step_decay, to_chunks
+from .decay import Last, chunk_read, chunk_write, decay_coeffs, from_chunks, last_rows, segments, step_decay, to_chunks
 from .delta import WY, delta_writes, step_delta, wy_factors
 
 
@@ -81,26 +81,94 @@ def read_memory(weights: dict[str, Tensor], q: Tensor) -> Tensor:
     return q + F.silu(q @ weights["W2"].mT) @ weights["W1"].mT
 
 
+# Grouped memories (chunk_memory's groups=g): g memories stacked memory-major along the head axis,
+# [B, g·H', ...], that share k, η, α and the source v of their targets. Their input-side weights (W or
+# W2) are right-multiplied by the same (α I − η k kᵀ) and read the same inputs, so head-major they are
+# one wider memory per head, [B, H', g·d_out, d_in]: every product with a shared input is one matmul.
+
+def stack_rows(W: Tensor, g: int) -> Tensor:
+    """Weights [B, g·H', r, c] (memory-major) -> [B, H', g·r, c] (head-major)."""
+    if g == 1:
+        return W
+    B, gH, r, c = W.shape
+    return W.view(B, g, gH // g, r, c).transpose(1, 2).reshape(B, gH // g, g * r, c)
+
+
+def unstack_rows(W: Tensor, g: int) -> Tensor:
+    """Inverse of stack_rows."""
+    if g == 1:
+        return W
+    B, Hg, gr, c = W.shape
+    return W.view(B, Hg, g, gr // g, c).transpose(1, 2).reshape(B, g * Hg, gr // g, c)
+
+
+def split_vec(u: Tensor, g: int) -> Tensor:
+    """Per-token vectors [B, H', L, g·r] (head-major) -> [B, g·H', L, r] (memory-major)."""
+    if g == 1:
+        return u
+    B, Hg, L, gr = u.shape
+    return u.view(B, Hg, L, g, gr // g).permute(0, 3, 1, 2, 4).reshape(B, g * Hg, L, gr // g)
+
+
+def join_vec(u: Tensor, g: int) -> Tensor:
+    """Inverse of split_vec."""
+    if g == 1:
+        return u
+    B, gH, L, r = u.shape
+    return u.view(B, g, gH // g, L, r).permute(0, 2, 3, 1, 4).reshape(B, gH // g, L, g * r)
+
+
 def inner_writes(
-    ref: dict[str, Tensor], k: Tensor, v: Tensor, *, objective: str, self_target: bool,
+    ref: dict[str, Tensor], k: Tensor, v: Tensor, *, objective: str, self_target: bool, groups: int = 1,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """−G_t = u_t x_tᵀ for every weight, at the reference weights (SPEC §2 analytic gradients).
 
-    k, v [B, H, L, d_h]. Returns {name: (u [B,H,L,d_out], x [B,H,L,d_in])}. The target
-    v̂ = M_ref(v) (self_target) or v is a constant of the inner problem, as in NL Eq. 88.
+    k, v [B, H', L, d_h] are shared by the `groups` memories stacked in ref (H = groups·H' heads),
+    whose input-side weight (W or W2) comes head-major (stack_rows, [B, H', g·d_out, d_in]) and W1
+    memory-major ([B, H, d_h, d_m]); with groups = 1 both are the plain [B, H, ...] layout. Returns
+    {name: (u, x)}: u [B, H', L, g·d_out] and x = k for the input-side weight, u [B, H, L, d_h] and
+    x = h [B, H, L, d_m] for W1. The target v̂ = M_ref(v) (self_target) or v is a constant of the
+    inner problem, as in NL Eq. 88.
     """
+    g = groups
+    tile = (lambda t: t) if g == 1 else (lambda t: t.repeat(1, g, 1, 1))    # [B,H',L,d] -> [B,H,L,d]
     if "W" in ref:
-        W = ref["W"]
-        vh = v @ W.mT if self_target else v
+        W = ref["W"]                                                     # [B,H',g·d,d]
+        vh = v @ W.mT if self_target else v.repeat(1, 1, 1, g)
         e = k @ W.mT - vh if objective == "l2" else -vh                  # ∂ℓ/∂M(k)
         return {"W": (-e, k)}
     W1, W2 = ref["W1"], ref["W2"]
-    z = k @ W2.mT                                                        # [B,H,L,d_m]
+    l2 = objective == "l2"
+    z = k @ W2.mT                                                        # [B,H',L,g·d_m]
     h = F.silu(z)
-    vh = read_memory(ref, v) if self_target else v
-    e = k + h @ W1.mT - vh if objective == "l2" else -vh                 # [B,H,L,d_h]
-    g2 = (e @ W1) * _silu_grad(z)                                        # (W1ᵀ e) ⊙ σ'(z)
-    return {"W1": (-e, h), "W2": (-g2, k)}
+    # e = M(k) − v̂ = (k − v) + W1 (σ(W2 k) − σ(W2 v)) for the l2 objective with v̂ = M(v): one W1
+    # product instead of two (linearity); e = −v̂ for the dot objective.
+    a = h if l2 else None
+    if self_target:
+        hv = F.silu(v @ W2.mT)
+        a = -hv if a is None else a - hv
+    e = tile(k - v if l2 else -v)                                        # [B,H,L,d_h]
+    if a is not None:
+        e = e + split_vec(a, g) @ W1.mT
+    g2 = join_vec(e @ W1, g) * _silu_grad(z)                    # (W1ᵀ e) ⊙ σ'(z), head-major
+    return {"W1": (-e, split_vec(h, g)), "W2": (-g2, k)}
+
+
+def read_grouped(weights: dict[str, Tensor], x: Tensor, groups: int) -> Tensor:
+    """M_j(x) of `groups` memories stacked memory-major in `weights` ([B, g·H', ...]) that read the
+    same x [B, H', L, d_h]: one wide product for the input-side weight. Returns [B, g·H', L, d_h]."""
+    if groups == 1:
+        return read_memory(weights, x)
+    if "W" in weights:
+        return split_vec(x @ stack_rows(weights["W"], groups).mT, groups)
+    hid = split_vec(F.silu(x @ stack_rows(weights["W2"], groups).mT), groups)
+    return x.repeat(1, groups, 1, 1) + hid @ weights["W1"].mT
+
+
+def tile_last(last: Last, g: int) -> Last:
+    """A chunk's last coefficient rows [B, H', ...] repeated for g memories stacked memory-major."""
+    rep = lambda t: None if t is None else t.repeat(1, g, *([1] * (t.dim() - 2)))
+    return last._replace(G=rep(last.G), D=rep(last.D), g=rep(last.g), c=rep(last.c))
 
 
 def _weights(state: MemoryState, names, prefix: str = "") -> dict[str, Tensor]:
@@ -187,30 +255,32 @@ def chunk_memory(
     reading (o is None): the projection memories of HOPE only need their new state.
 
     groups > 1: the state holds `groups` memories stacked along the head axis (memory-major) that
-    share one write stream, so k, eta and alpha come with H / groups heads while v (each memory
-    makes its own target from it) has all H. The factors that depend only on k, η, α (the decay
-    coefficients and the WY triangular solve) are then computed once instead of `groups` times.
+    share one write stream and one target source: k, v, eta and alpha come with H / groups heads, and
+    each memory □ makes its own target M_□(v) (HOPE's projection memories, SPEC §3). Inside, the
+    input-side weights are one wider memory per head (stack_rows), so every product with a shared
+    input and the factors of k, η, α (decay coefficients, WY solve) are computed once; q must be None.
     """
     names = _check(state, arch, objective, chunk_size, momentum)
-    B, T, H, _ = v.shape
-    if k.shape[2] * groups != H or eta.shape[2] * groups != H:
-        raise ValueError(f"k and eta need {H // groups} heads (v has {H}, groups={groups}), "
-                         f"got {k.shape[2]} and {eta.shape[2]}")
-    # [n, B, H/groups, ...] -> [n, B, H, ...], memory-major like the stacked state
-    tile = lambda t: t if t is None or groups == 1 else t.repeat(1, 1, groups, *([1] * (t.dim() - 3)))
-    W, Mo = _weights(state, names), _momenta(state, names, momentum)
-    ref = _weights(state, names, "ref_") if state.pos % chunk_size else None
+    g = groups
+    B, T, Hg, _ = v.shape
+    H = getattr(state, names[0]).shape[1]
+    if Hg * g != H or k.shape[2] != Hg or eta.shape[2] != Hg:
+        raise ValueError(f"k, v and eta need {H // g} heads (the state has {H}, groups={g}), "
+                         f"got {k.shape[2]}, {Hg} and {eta.shape[2]}")
+    if g > 1 and q is not None:
+        raise ValueError("groups > 1 writes without reading: pass q=None")
     n0 = names[0]                                 # the input-side weight (W or W2), read by q
+    # input-side weight and its momentum head-major for the whole call (no-op when g = 1)
+    hm = lambda d: {m: (stack_rows(t, g) if m == n0 and t is not None else t) for m, t in d.items()}
+    W, Mo = hm(_weights(state, names)), hm(_momenta(state, names, momentum))
+    ref = hm(_weights(state, names, "ref_")) if state.pos % chunk_size else None
     os = []
     for start, n, L in segments(T, chunk_size, state.pos):
-        kc, vc = to_chunks(k, start, n, L), to_chunks(v, start, n, L)    # [n,B,H,L,d_h]
-        ec, ac = to_chunks(eta, start, n, L), to_chunks(alpha, start, n, L)  # [n,B,H,L]
+        kc, vc = to_chunks(k, start, n, L), to_chunks(v, start, n, L)    # [n,B,H',L,d_h]
+        ec, ac = to_chunks(eta, start, n, L), to_chunks(alpha, start, n, L)  # [n,B,H',L]
         co = decay_coeffs(ac, momentum)           # shared by all weights: same α, β
-        factors = wy_factors(kc, ec, co) if precondition else None
-        kc, ec = tile(kc), tile(ec)
-        co = co._replace(**{f: tile(getattr(co, f)) for f in ("G", "D", "g", "c")})
         per = lambda t: t.unbind(0) if t is not None else [None] * n
-        wys = [WY(*f) for f in zip(*(per(tile(t)) for t in factors))] if precondition else [None] * n
+        wys = [WY(*f) for f in zip(*(per(t) for t in wy_factors(kc, ec, co)))] if precondition else [None] * n
         # Sequential part: per chunk, the writes at the reference state and the chunk-end state.
         # Everything a read needs is kept per chunk (never per token) and read in one batch below.
         keep = {m: dict(W=[], M=[], u=[], d=[], x=[]) for m in names}
@@ -219,16 +289,18 @@ def chunk_memory(
             if ref is None or i > 0 or start > 0:
                 ref = W                           # chunk start: the reference is the current state
             r = {m: t.detach() for m, t in ref.items()} if detach_inner else ref
-            writes = inner_writes(r, ki, vi, objective=objective, self_target=self_target)
+            writes = inner_writes(r, ki, vi, objective=objective, self_target=self_target, groups=g)
             new_W, new_M = {}, {}
             for m, (u, x) in writes.items():
-                ueff, d = ei * u, None                                   # [B,H,L,d_out]
+                # W1 is memory-major: its η and coefficients are tiled over the g memories
+                e_m, last_m = (ei, last) if m == n0 or g == 1 else (ei.repeat(1, g, 1, 1), tile_last(last, g))
+                ueff, d = e_m * u, None                                  # [B,H,L,d_out]
                 if m == n0 and precondition:
                     ueff, d = delta_writes(W[m], Mo[m], ueff, wy)
                 if q is not None:
                     for key, val in zip("WMudx", (W[m], Mo[m], ueff, d, x)):
                         keep[m][key].append(val)
-                new_W[m], new_M[m] = chunk_write(W[m], Mo[m], x, ueff, last, d)
+                new_W[m], new_M[m] = chunk_write(W[m], Mo[m], x, ueff, last_m, d)
             W, Mo = new_W, new_M
         if q is None:
             continue
@@ -240,5 +312,7 @@ def chunk_memory(
         if arch == "mlp":
             o = qc + read("W1", F.silu(o))        # two-stage read (SPEC §4): q + W1 σ(W2 q)
         os.append(from_chunks(o))
+    mm = lambda d: {m: (unstack_rows(t, g) if m == n0 and t is not None else t) for m, t in d.items()}
+    W, Mo, ref = mm(W), mm(Mo), mm(ref if ref is not None else W)
     o = None if q is None else torch.cat(os, 1) if os else torch.zeros_like(q)
-    return o, _new_state(names, W, Mo, ref if ref is not None else W, state.pos + T, chunk_size)
+    return o, _new_state(names, W, Mo, ref, state.pos + T, chunk_size)

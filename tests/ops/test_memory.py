@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hopelm.ops import MemoryState, chunk_memory, naive_memory, step_memory
+from hopelm.ops.memory import read_grouped, read_memory
 
 from .helpers import F64, assert_close, grads, rand_like_leaf, seq_inputs
 
@@ -261,17 +262,17 @@ def test_bad_arguments_fail_with_one_clear_error():
 @pytest.mark.parametrize("T,C", [(13, 4), (8, 8)])
 def test_grouped_write_without_read_equals_repeated_streams(preset, T, C):
     """groups=G with q=None (HOPE's projection memories): the same final state and gradients as G
-    stacked memories each given a copy of k, η, α, with the read skipped."""
+    stacked memories each given a copy of k, v, η, α, with the read skipped."""
     G = 3
     opts = {**PRESETS[preset], "chunk_size": C}
     x = seq_inputs(B, T, H, D)
-    v = torch.randn(B, T, G * H, D, dtype=F64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    v = x["v"]
     rep = lambda t: t.repeat(1, 1, G, *([1] * (t.dim() - 3)))
     init = initial_state(opts["arch"], opts["momentum"])
     s0 = MemoryState(**{f: rand_like_leaf(getattr(init, f).shape[:1] + (G * H,) + getattr(init, f).shape[2:], i)
                         for i, f in enumerate(FIELDS) if getattr(init, f) is not None})
     leaves = [x["k"], v, x["eta"], x["alpha"]] + state_leaves(s0)
-    o, a = chunk_memory(rep(x["k"]), rep(x["k"]), v, rep(x["eta"]), rep(x["alpha"]), s0, **opts)
+    o, a = chunk_memory(rep(x["k"]), rep(x["k"]), rep(v), rep(x["eta"]), rep(x["alpha"]), s0, **opts)
     _, b = chunk_memory(None, x["k"], v, x["eta"], x["alpha"], s0, groups=G, **opts)
     outs_a, outs_b = state_leaves(a), state_leaves(b)
     assert o is not None and len(outs_a) == len(outs_b) > 0
@@ -281,3 +282,17 @@ def test_grouped_write_without_read_equals_repeated_streams(preset, T, C):
         assert_close(ga, gb, what="grad")
     with pytest.raises(ValueError, match="heads"):
         chunk_memory(None, rep(x["k"]), v, x["eta"], x["alpha"], s0, groups=G, **opts)
+    with pytest.raises(ValueError, match="q=None"):
+        chunk_memory(x["k"], x["k"], v, x["eta"], x["alpha"], s0, groups=G, **opts)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_grouped_read_equals_reading_each_memory(arch):
+    """read_grouped (one wide product for the input-side weight) == M_j(x) for each stacked memory."""
+    G = 3
+    init = initial_state(arch, 0.0)
+    names = ("W1", "W2") if arch == "mlp" else ("W",)
+    weights = {n: rand_like_leaf(getattr(init, n).shape[:1] + (G * H,) + getattr(init, n).shape[2:], i)
+               for i, n in enumerate(names)}
+    x = torch.randn(B, H, 7, D, dtype=F64, generator=torch.Generator().manual_seed(3))
+    assert_close(read_grouped(weights, x, G), read_memory(weights, x.repeat(1, G, 1, 1)), what="read")
