@@ -165,20 +165,20 @@ def bench_model(name: str, s: argparse.Namespace, overrides: dict[str, Any], dev
         text = f"skipped: {r['skipped']}" if r["skipped"] else format(r[field], fmt)
         print(f"bench {name:<15} {section:<8} {key}={value:<6} {text}", file=sys.stderr, flush=True)
 
-    sweep = Sweep(s.max_seconds, device)
+    sweep = Sweep(s.max_seconds, device, floor=0.0)   # constant tokens per step: the time may not grow
     for T in s.lengths:   # batch keeps tokens per step constant until it reaches 1
         B = max(1, s.batch_tokens // T)
         blank = {"T": T, "batch": B, **dict.fromkeys(TRAIN_FIELDS)}
         r = sweep.run(lambda: measure_train(model, T, B, device, s.repeats, peak_flops), B * T * T, blank)
         row["train"].append(r)
         log("train", "T", T, r, "tokens_per_s", ",.0f")
-    sweep = Sweep(s.max_seconds, device)
+    sweep = Sweep(s.max_seconds, device, floor=0.5)   # cost L²: at least linear in L
     for L in s.prefill:
         r = sweep.run(lambda: measure_prefill(model, L, device, s.repeats), L * L,
                       {"L": L, **dict.fromkeys(PREFILL_FIELDS)})
         row["prefill"].append(r)
         log("prefill", "L", L, r, "seconds", ".4f")
-    sweep = Sweep(s.max_seconds, device)
+    sweep = Sweep(s.max_seconds, device, floor=0.5)
     for L in s.decode:
         r = sweep.run(lambda: measure_decode(model, L, s.decode_steps, device, s.repeats), L * L,
                       {"L": L, **dict.fromkeys(DECODE_FIELDS)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import os
 import platform
 import resource
@@ -128,22 +129,36 @@ def is_oom(e: BaseException) -> bool:
 class Sweep:
     """Runs one measurement per length, smallest first, each guarded: a measurement whose
     estimated wall time exceeds `budget` seconds, or that runs out of memory, becomes a row with a
-    `skipped` reason, and every longer length after it is skipped too. The estimate scales the
-    previous measurement's wall time by the growth of `cost` (at most quadratic in the length)."""
+    `skipped` reason, and every longer length after it is skipped too.
 
-    def __init__(self, budget: float, device: torch.device):
-        self.budget, self.device = budget, device
-        self.prev: tuple[float, float] | None = None   # (cost, wall seconds) of the last measured length
+    `cost` is each length's worst-case cost (quadratic attention). The first estimate scales the
+    last wall time by the growth of `cost`; once two lengths are measured, by that growth raised
+    to the exponent the two measurements showed, clamped to [floor, 1] (a recurrent model's time
+    grows more slowly than a quadratic worst case, and a full table should not skip it for that)."""
+
+    def __init__(self, budget: float, device: torch.device, floor: float = 1.0):
+        self.budget, self.device, self.floor = budget, device, floor
+        self.history: list[tuple[float, float]] = []   # (cost, wall seconds) of each measured length
         self.stopped: str | None = None
+
+    def estimate(self, cost: float) -> float | None:
+        if not self.history:
+            return None
+        c1, t1 = self.history[-1]
+        p = 1.0
+        if len(self.history) >= 2:
+            c0, t0 = self.history[-2]
+            if c1 > c0 and t0 > 0 and t1 > 0:
+                p = min(1.0, max(self.floor, math.log(t1 / t0) / math.log(c1 / c0)))
+        return t1 * (cost / c1) ** p
 
     def run(self, measure: Callable[[], dict[str, Any]], cost: float, blank: dict[str, Any]) -> dict[str, Any]:
         if self.stopped:
             return {**blank, "skipped": f"skipped because a shorter length was ({self.stopped})"}
-        if self.prev is not None:
-            estimate = self.prev[1] * cost / self.prev[0]
-            if estimate > self.budget:
-                self.stopped = f"estimated {estimate:.0f}s > --max-seconds {self.budget:g}"
-                return {**blank, "skipped": self.stopped}
+        estimate = self.estimate(cost)
+        if estimate is not None and estimate > self.budget:
+            self.stopped = f"estimated {estimate:.0f}s > --max-seconds {self.budget:g}"
+            return {**blank, "skipped": self.stopped}
         start = time.perf_counter()
         try:
             row = measure()
@@ -156,7 +171,7 @@ class Sweep:
             gc.collect()   # drop the failed step's tensors before the next measurement
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        self.prev = (cost, time.perf_counter() - start)
+        self.history.append((cost, time.perf_counter() - start))
         return {**blank, **row, "skipped": row.get("skipped")}
 
 

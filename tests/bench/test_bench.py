@@ -132,6 +132,19 @@ def test_sweep_estimates_from_the_previous_length():
     assert skipped["value"] is None and skipped["skipped"].startswith("estimated") and len(calls) == 1
 
 
+def test_sweep_estimate_follows_the_measured_growth_within_its_bounds():
+    sweep = Sweep(budget=100.0, device=torch.device("cpu"), floor=0.5)
+    assert sweep.estimate(4.0) is None
+    sweep.history = [(1.0, 2.0)]
+    assert sweep.estimate(4.0) == pytest.approx(8.0)              # one point: the worst-case growth
+    sweep.history = [(1.0, 2.0), (4.0, 4.0)]                      # grew as cost^0.5
+    assert sweep.estimate(16.0) == pytest.approx(8.0)
+    sweep.history = [(1.0, 2.0), (4.0, 2.0)]                      # did not grow: clamped to the floor 0.5
+    assert sweep.estimate(16.0) == pytest.approx(4.0)
+    sweep.history = [(1.0, 1.0), (4.0, 64.0)]                     # grew faster than cost: clamped to 1
+    assert sweep.estimate(16.0) == pytest.approx(256.0)
+
+
 def test_out_of_memory_is_a_skip_and_other_errors_are_raised():
     sweep = Sweep(budget=10.0, device=torch.device("cpu"))
 
