@@ -150,7 +150,7 @@ def inner_writes(
     e = tile(k - v if l2 else -v)                                        # [B,H,L,d_h]
     if a is not None:
         e = e + split_vec(a, g) @ W1.mT
-    g2 = join_vec(e @ W1, g) * _silu_grad(z)                    # (W1ᵀ e) ⊙ σ'(z), head-major
+    g2 = join_vec(e @ W1, g) * _silu_grad(z)                             # (W1ᵀ e) ⊙ σ'(z), head-major
     return {"W1": (-e, split_vec(h, g)), "W2": (-g2, k)}
 
 
