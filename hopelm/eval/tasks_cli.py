@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hopelm.config import parse_override
+
 TASKS = ("mqar", "formal", "mad", "niah", "babilong", "continual", "continual-lm")
 DEFAULT_STEPS = {"mqar": 1000, "formal": 1000, "mad": 1000, "niah": 500, "babilong": 500, "continual": 200}
 
@@ -32,12 +34,9 @@ def _names(s: str) -> tuple[str, ...]:
 
 
 def _value(v: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
+    """A --set value, read like the config's dotted overrides: a TOML literal (2, 1e-3, true,
+    [0.0, 0.0]) or else a bare string."""
+    return parse_override(f"model.x={v}")[1]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--n-heads", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override, e.g. --set cms_online=false (repeatable)")
+                   help="model config override, e.g. --set cms_lrs=[0.0,0.0,0.0] (CMS online updates off; repeatable)")
     p.add_argument("--n-test", type=int, default=None, help="test examples per bin (per class for continual)")
     p.add_argument("--data-root", default=None, help="folder holding pg19-mini/, babi/, clinc150/, banking77/")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

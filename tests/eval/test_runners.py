@@ -105,3 +105,11 @@ def test_cli_formal_and_continual(tmp_path, capsys, monkeypatch):
     res = json.loads(out.read_text())
     assert [r["row"] for r in res["runs"]] == ["finetune", "replay"] and (tmp_path / "c.replay.png").exists()
     assert "BWT" in capsys.readouterr().out
+
+
+def test_set_values_are_read_like_config_overrides():
+    """--set KEY=VALUE takes TOML literals, so lists (e.g. cms_lrs for CMS off) reach the config."""
+    from hopelm.eval.tasks_cli import _value
+    assert _value("[0.0,0.0,0.0]") == [0.0, 0.0, 0.0]
+    assert _value("false") is False and _value("2") == 2 and _value("1e-3") == 1e-3
+    assert _value("sequential") == "sequential"
