@@ -132,7 +132,7 @@ class SelfModifyingMemory(nn.Module):
         outs, T = [], xt.shape[1]
         lengths = [L for _, n_chunks, L in segments(T, P, proj.pos) for _ in range(n_chunks)]
         # split, not xt[:, start:end] per chunk: each slice's backward would add a zero tensor of the
-        # whole sequence, quadratic in T (hope ran 4x slower per token at T=8192 than at 2048)
+        # whole sequence, quadratic in T for a long call (static CMS; online CMS calls per block)
         for xc in xt.split(lengths, dim=1):
             ref_prefix = "ref_" if proj.pos % P else ""
             ref = {w: getattr(proj, ref_prefix + w) for w in names}

@@ -102,6 +102,11 @@ def unstack_rows(W: Tensor, g: int) -> Tensor:
     return W.view(B, Hg, g, gr // g, c).transpose(1, 2).reshape(B, g * Hg, gr // g, c)
 
 
+def tile_heads(t: Tensor, g: int) -> Tensor:
+    """[B, H', ...] -> [B, g·H', ...]: a per-head tensor shared by g memories stacked memory-major."""
+    return t if g == 1 else t.repeat(1, g, *([1] * (t.dim() - 2)))
+
+
 def split_vec(u: Tensor, g: int) -> Tensor:
     """Per-token vectors [B, H', L, g·r] (head-major) -> [B, g·H', L, r] (memory-major)."""
     if g == 1:
@@ -131,7 +136,6 @@ def inner_writes(
     inner problem, as in NL Eq. 88.
     """
     g = groups
-    tile = (lambda t: t) if g == 1 else (lambda t: t.repeat(1, g, 1, 1))    # [B,H',L,d] -> [B,H,L,d]
     if "W" in ref:
         W = ref["W"]                                                     # [B,H',g·d,d]
         vh = v @ W.mT if self_target else v.repeat(1, 1, 1, g)
@@ -147,7 +151,7 @@ def inner_writes(
     if self_target:
         hv = F.silu(v @ W2.mT)
         a = -hv if a is None else a - hv
-    e = tile(k - v if l2 else -v)                                        # [B,H,L,d_h]
+    e = tile_heads(k - v if l2 else -v, g)                               # [B,H,L,d_h]
     if a is not None:
         e = e + split_vec(a, g) @ W1.mT
     g2 = join_vec(e @ W1, g) * _silu_grad(z)                             # (W1ᵀ e) ⊙ σ'(z), head-major
@@ -162,12 +166,12 @@ def read_grouped(weights: dict[str, Tensor], x: Tensor, groups: int) -> Tensor:
     if "W" in weights:
         return split_vec(x @ stack_rows(weights["W"], groups).mT, groups)
     hid = split_vec(F.silu(x @ stack_rows(weights["W2"], groups).mT), groups)
-    return x.repeat(1, groups, 1, 1) + hid @ weights["W1"].mT
+    return tile_heads(x, groups) + hid @ weights["W1"].mT
 
 
 def tile_last(last: Last, g: int) -> Last:
     """A chunk's last coefficient rows [B, H', ...] repeated for g memories stacked memory-major."""
-    rep = lambda t: None if t is None else t.repeat(1, g, *([1] * (t.dim() - 2)))
+    rep = lambda t: None if t is None else tile_heads(t, g)
     return last._replace(G=rep(last.G), D=rep(last.D), g=rep(last.g), c=rep(last.c))
 
 
@@ -293,7 +297,7 @@ def chunk_memory(
             new_W, new_M = {}, {}
             for m, (u, x) in writes.items():
                 # W1 is memory-major: its η and coefficients are tiled over the g memories
-                e_m, last_m = (ei, last) if m == n0 or g == 1 else (ei.repeat(1, g, 1, 1), tile_last(last, g))
+                e_m, last_m = (ei, last) if m == n0 else (tile_heads(ei, g), tile_last(last, g))
                 ueff, d = e_m * u, None                                  # [B,H,L,d_out]
                 if m == n0 and precondition:
                     ueff, d = delta_writes(W[m], Mo[m], ueff, wy)
