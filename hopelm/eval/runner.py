@@ -160,6 +160,22 @@ def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def length_curve(per_seed: list[dict[str, float]]) -> dict[int, dict[str, float]]:
+    """Accuracy against context length: bins named like "qa1,L=512" or "L=512,d=0.25" are averaged
+    over everything but their length within each seed (tasks, depths), then `summarize`d over seeds.
+    Lengths come back in increasing order."""
+    per_len: list[dict[str, float]] = []
+    for acc in per_seed:
+        groups: dict[int, list[float]] = {}
+        for b, a in acc.items():
+            lengths = [int(part[2:]) for part in b.split(",") if part.startswith("L=")]
+            if len(lengths) != 1:
+                raise ValueError(f"bin {b!r} names no single length 'L=<tokens>'.")
+            groups.setdefault(lengths[0], []).append(a)
+        per_len.append({str(L): statistics.fmean(v) for L, v in groups.items()})
+    return {int(L): s for L, s in sorted(summarize(per_len).items(), key=lambda kv: int(kv[0]))}
+
+
 def run_task(task: Task, model_name: str = "transformer", seeds: int = 3, steps: int = 500,
              batch_size: int = 32, lr: float = 1e-3, mode: str = "teacher", metric: str = "exact",
              d_model: int = 64, n_layers: int = 2, n_heads: int = 2, log: Callable[[str], None] | None = None,

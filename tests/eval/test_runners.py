@@ -113,3 +113,16 @@ def test_set_values_are_read_like_config_overrides():
     assert _value("[0.0,0.0,0.0]") == [0.0, 0.0, 0.0]
     assert _value("false") is False and _value("2") == 2 and _value("1e-3") == 1e-3
     assert _value("sequential") == "sequential"
+
+
+def test_length_curve_averages_tasks_and_depths_within_a_seed_then_over_seeds():
+    per_seed = [{"qa1,L=512": 0.2, "qa2,L=512": 0.4, "qa1,L=0": 1.0, "qa2,L=0": 0.5},
+                {"qa1,L=512": 0.0, "qa2,L=512": 0.2, "qa1,L=0": 0.5, "qa2,L=0": 0.0}]
+    c = runner.length_curve(per_seed)
+    assert list(c) == [0, 512]                                  # numeric order, not string order
+    assert c[0]["mean"] == pytest.approx((0.75 + 0.25) / 2) and c[0]["n"] == 2
+    assert c[512]["mean"] == pytest.approx(0.2) and c[512]["std"] == pytest.approx(0.1 * 2 ** 0.5)
+    niah = runner.length_curve([{"L=1024,d=0": 1.0, "L=1024,d=1": 0.0, "L=256,d=0": 1.0}])
+    assert list(niah) == [256, 1024] and niah[1024]["mean"] == 0.5
+    with pytest.raises(ValueError, match="names no single length"):
+        runner.length_curve([{"L=4,L=8": 1.0}])
