@@ -64,6 +64,7 @@ class ModelConfig:
     detach_inner: bool = False     # first-order: no outer gradient through the inner updates
     eta_max: float = 1.0
     normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
+    proj_init_std: float = 0.02    # std of the random part of hope's projection memories' initial states
 
     def validate(self) -> None:
         _positive(self, "model", "d_model", "n_layers", "n_heads", "memory_expansion", "chunk_size",
@@ -78,6 +79,8 @@ class ModelConfig:
             raise ConfigError("model.vocab_size and model.d_ff must be >= 0 (0 means automatic).")
         if self.rope_theta <= 0 or self.norm_eps <= 0 or self.init_std <= 0:
             raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
+        if self.proj_init_std < 0:
+            raise ConfigError(f"model.proj_init_std={self.proj_init_std} must be >= 0.")
 
     def _validate_memory(self) -> None:
         if self.memory_arch not in ("mlp", "linear"):

@@ -43,6 +43,7 @@ class MemoryOptions:
     detach_inner: bool = False
     eta_max: float = 1.0
     normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
+    proj_init_std: float = 0.02        # random part of the projection memories' M_□,0 (see MemoryInit)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
     conv_width: int = 4
 
@@ -62,15 +63,15 @@ class MemoryInit(nn.Module):
     """Learnable initial state M_0 of `n` memories per head (meta-learned through the unrolled
     in-context updates, SPEC §3.6): M(x) = x + W1 σ(W2 x) (mlp) or M(x) = W x (linear)."""
 
-    def __init__(self, n: int, d_h: int, d_m: int, arch: str):
+    def __init__(self, n: int, d_h: int, d_m: int, arch: str, std: float = 0.02):
         super().__init__()
         self.arch = arch
         if arch == "mlp":
-            # W2 reads the key; a small W1 keeps M close to the identity residual at the start.
+            # W2 reads the key; a small W1 (std) keeps M close to the identity residual at the start.
             self.W2 = nn.Parameter(torch.randn(n, d_m, d_h) / math.sqrt(d_h))
-            self.W1 = nn.Parameter(torch.randn(n, d_h, d_m) * 0.02)
+            self.W1 = nn.Parameter(torch.randn(n, d_h, d_m) * std)
         else:
-            self.W = nn.Parameter(torch.eye(d_h).repeat(n, 1, 1) + torch.randn(n, d_h, d_h) * 0.02)
+            self.W = nn.Parameter(torch.eye(d_h).repeat(n, 1, 1) + torch.randn(n, d_h, d_h) * std)
 
     def state(self, batch: int) -> MemoryState:
         names = ("W1", "W2") if self.arch == "mlp" else ("W",)
@@ -100,7 +101,10 @@ class SelfModifyingMemory(nn.Module):
         if opts.self_modifying:
             self.w_in = nn.Linear(d_model, d_model, bias=False)
             self.n_proj = 5 if opts.adaptive_q else 4
-            self.proj_init = MemoryInit(self.n_proj * H, d_h, d_m, opts.memory_arch)
+            # Near-identity projection memories all read x̃ alike, so k ≈ v at the start (mean cosine
+            # 0.997 at std 0.02) and the self-referential error M(k) − M(v) ≈ 0: nothing is written
+            # until the outer loop separates them. A larger std starts them apart (docs/paper_map.md).
+            self.proj_init = MemoryInit(self.n_proj * H, d_h, d_m, opts.memory_arch, opts.proj_init_std)
             self.w_eta = nn.Parameter(torch.randn(H, d_h) * 0.02)
             self.w_alpha = nn.Parameter(torch.randn(H, d_h) * 0.02)
         else:
