@@ -102,7 +102,7 @@ class SelfModifyingMemory(nn.Module):
             self.w_in = nn.Linear(d_model, d_model, bias=False)
             self.n_proj = 5 if opts.adaptive_q else 4
             # Near-identity projection memories all read x̃ alike, so k ≈ v at the start (mean cosine
-            # 0.997 at std 0.02) and the self-referential error M(k) − M(v) ≈ 0: little is written
+            # 0.996 at std 0.02) and the self-referential error M(k) − M(v) ≈ 0: little is written
             # until the outer loop separates them. A larger std starts them apart (docs/paper_map.md).
             self.proj_init = MemoryInit(self.n_proj * H, d_h, d_m, opts.memory_arch, opts.proj_init_std)
             self.w_eta = nn.Parameter(torch.randn(H, d_h) * 0.02)
