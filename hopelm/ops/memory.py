@@ -69,9 +69,32 @@ def _check(state: MemoryState, arch: str, objective: str, chunk_size: int, momen
     return names
 
 
-def _silu_grad(z: Tensor) -> Tensor:
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
+class _SiluGrad(torch.autograd.Function):
+    """y ⊙ σ'(z) for σ = SiLU, σ'(z) = s (1 + z (1 − s)) with s = sigmoid(z).
+
+    One fused kernel forward (aten's silu_backward) instead of six elementwise ops, and an analytic
+    backward with σ''(z) = s (1 − s) (2 + z (1 − 2 s)), instead of autograd through the chain:
+    these products over every token's hidden units are a large part of a HOPE step on CPU."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, z: Tensor) -> Tensor:
+        ctx.save_for_backward(y, z)
+        return torch.ops.aten.silu_backward(y, z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        y, z = ctx.saved_tensors
+        s = torch.sigmoid(z)
+        if torch.is_grad_enabled():               # create_graph (cms_meta_grad="exact"): plain ops
+            dy = grad * s * (1 + z * (1 - s))
+        else:
+            dy = torch.ops.aten.silu_backward(grad, z)
+        return dy, grad * y * (s * (1 - s) * (2 + z * (1 - 2 * s)))
+
+
+def silu_grad(y: Tensor, z: Tensor) -> Tensor:
+    """y ⊙ σ'(z) (σ = SiLU), differentiable in y and z to any order."""
+    return _SiluGrad.apply(y, z)
 
 
 def read_memory(weights: dict[str, Tensor], q: Tensor) -> Tensor:
@@ -136,26 +159,41 @@ def inner_writes(
     inner problem, as in NL Eq. 88.
     """
     g = groups
+    l2 = objective == "l2"
+    # Built as u = −e directly (no negations): u = v̂ − M(k) for l2, v̂ for dot.
     if "W" in ref:
         W = ref["W"]                                                     # [B,H',g·d,d]
         vh = v @ W.mT if self_target else v.repeat(1, 1, 1, g)
-        e = k @ W.mT - vh if objective == "l2" else -vh                  # ∂ℓ/∂M(k)
-        return {"W": (-e, k)}
+        return {"W": (vh - k @ W.mT if l2 else vh, k)}
     W1, W2 = ref["W1"], ref["W2"]
-    l2 = objective == "l2"
+    B, Hg, L, d = v.shape
+    W1g = W1.view(B, g, Hg, *W1.shape[2:])                               # [B,g,H',d_h,d_m] memory-major
     z = k @ W2.mT                                                        # [B,H',L,g·d_m]
     h = F.silu(z)
-    # e = M(k) − v̂ = (k − v) + W1 (σ(W2 k) − σ(W2 v)) for the l2 objective with v̂ = M(v): one W1
-    # product instead of two (linearity); e = −v̂ for the dot objective.
-    a = h if l2 else None
+    # u = (v − k) + W1 (σ(W2 v) − σ(W2 k)) for l2 with v̂ = M(v): one W1 product instead of two
+    # (linearity); u = v + W1 σ(W2 v) for dot. Without self targets v̂ = v.
+    base = (v - k if l2 else v)[:, None]                                 # [B,1,H',L,d_h], broadcast over g
     if self_target:
         hv = F.silu(v @ W2.mT)
-        a = -hv if a is None else a - hv
-    e = tile_heads(k - v if l2 else -v, g)                               # [B,H,L,d_h]
-    if a is not None:
-        e = e + split_vec(a, g) @ W1.mT
-    g2 = join_vec(e @ W1, g) * _silu_grad(z)                             # (W1ᵀ e) ⊙ σ'(z), head-major
-    return {"W1": (-e, split_vec(h, g)), "W2": (-g2, k)}
+        u = base + _split5(hv - h if l2 else hv, g) @ W1g.mT
+    elif l2:
+        u = base - _split5(h, g) @ W1g.mT
+    else:
+        u = base.expand(B, g, Hg, L, d)
+    ug2 = silu_grad(_join5(u @ W1g), z)                                  # −(W1ᵀ e) ⊙ σ'(z), head-major
+    return {"W1": (u.reshape(B, g * Hg, L, d), _split5(h, g).reshape(B, g * Hg, L, -1)), "W2": (ug2, k)}
+
+
+def _split5(u: Tensor, g: int) -> Tensor:
+    """Head-major per-token vectors [B, H', L, g·r] -> [B, g, H', L, r] (memory-major, 5-D)."""
+    B, Hg, L, gr = u.shape
+    return u.view(B, Hg, L, g, gr // g).permute(0, 3, 1, 2, 4)
+
+
+def _join5(u: Tensor) -> Tensor:
+    """[B, g, H', L, r] -> [B, H', L, g·r] (inverse of _split5)."""
+    B, g, Hg, L, r = u.shape
+    return u.permute(0, 2, 3, 1, 4).reshape(B, Hg, L, g * r)
 
 
 def read_grouped(weights: dict[str, Tensor], x: Tensor, groups: int) -> Tensor:
@@ -165,8 +203,11 @@ def read_grouped(weights: dict[str, Tensor], x: Tensor, groups: int) -> Tensor:
         return read_memory(weights, x)
     if "W" in weights:
         return split_vec(x @ stack_rows(weights["W"], groups).mT, groups)
-    hid = split_vec(F.silu(x @ stack_rows(weights["W2"], groups).mT), groups)
-    return tile_heads(x, groups) + hid @ weights["W1"].mT
+    B, Hg, L, d = x.shape
+    W1 = weights["W1"]
+    hid = _split5(F.silu(x @ stack_rows(weights["W2"], groups).mT), groups)  # [B,g,H',L,d_m]
+    out = x[:, None] + hid @ W1.view(B, groups, Hg, *W1.shape[2:]).mT       # broadcast over g
+    return out.reshape(B, groups * Hg, L, d)
 
 
 def tile_last(last: Last, g: int) -> Last:

@@ -183,3 +183,19 @@ def test_stack_command_writes_a_checkpoint_that_loads_samples_and_fine_tunes(tmp
     with pytest.raises(SystemExit):
         main(["stack", str(tmp_path / "src"), "--out", str(out), "--cms-periods", "16", "--cms-lrs", "0"])
     assert "already holds a checkpoint" in capsys.readouterr().err
+
+
+def test_exact_meta_gradient_flows_through_hope_mixers():
+    """With cms_meta_grad="exact" the inner gradient of layer 1's CMS passes through layer 2's
+    self-modifying mixer with create_graph, so the outer backward differentiates the mixer twice
+    (ops/memory.py silu_grad's second derivative); every parameter still gets a gradient."""
+    kw = dict(n_layers=2, cms_periods=[4, 0], cms_lrs=[0.1, 0.0], chunk_size=2, projection_chunk_size=4)
+    x = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for meta in ("first_order", "exact"):
+        m = build("hope", cms_meta_grad=meta, **kw)
+        m(x, x).loss.backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, (meta, name)
+        grads[meta] = m.blocks[0].mixer.proj_init.W1.grad
+    assert (grads["exact"] - grads["first_order"]).abs().max() > 1e-8
