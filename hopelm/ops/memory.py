@@ -135,15 +135,7 @@ def split_vec(u: Tensor, g: int) -> Tensor:
     if g == 1:
         return u
     B, Hg, L, gr = u.shape
-    return u.view(B, Hg, L, g, gr // g).permute(0, 3, 1, 2, 4).reshape(B, g * Hg, L, gr // g)
-
-
-def join_vec(u: Tensor, g: int) -> Tensor:
-    """Inverse of split_vec."""
-    if g == 1:
-        return u
-    B, gH, L, r = u.shape
-    return u.view(B, g, gH // g, L, r).permute(0, 2, 3, 1, 4).reshape(B, gH // g, L, g * r)
+    return _split5(u, g).reshape(B, g * Hg, L, gr // g)
 
 
 def inner_writes(
@@ -167,7 +159,7 @@ def inner_writes(
         return {"W": (vh - k @ W.mT if l2 else vh, k)}
     W1, W2 = ref["W1"], ref["W2"]
     B, Hg, L, d = v.shape
-    W1g = W1.view(B, g, Hg, *W1.shape[2:])                               # [B,g,H',d_h,d_m] memory-major
+    W1g = W1.reshape(B, g, Hg, *W1.shape[2:])                               # [B,g,H',d_h,d_m] memory-major
     z = k @ W2.mT                                                        # [B,H',L,g·d_m]
     h = F.silu(z)
     # u = (v − k) + W1 (σ(W2 v) − σ(W2 k)) for l2 with v̂ = M(v): one W1 product instead of two
@@ -206,7 +198,7 @@ def read_grouped(weights: dict[str, Tensor], x: Tensor, groups: int) -> Tensor:
     B, Hg, L, d = x.shape
     W1 = weights["W1"]
     hid = _split5(F.silu(x @ stack_rows(weights["W2"], groups).mT), groups)  # [B,g,H',L,d_m]
-    out = x[:, None] + hid @ W1.view(B, groups, Hg, *W1.shape[2:]).mT       # broadcast over g
+    out = x[:, None] + hid @ W1.reshape(B, groups, Hg, *W1.shape[2:]).mT       # broadcast over g
     return out.reshape(B, groups * Hg, L, d)
 
 
