@@ -8,8 +8,9 @@ projection memories (input projection, conv, M_k/M_v/M_η/M_α read and written 
 projection_chunk_size tokens) and M_memory (written and read every chunk_size tokens), and hope's
 CMS with its levels static. The last rows are whole training steps without the optimizer; their
 forward runs with autograd on, so for hope it includes the inner gradient of every CMS block (SPEC
-§5), and the online CMS's extra cost shows as the difference between hope and hope with static CMS. A kernel that replaces one of these parts
-(a fused CPU or Triton kernel) can be judged by the share it would remove.
+§5), and the online CMS's extra cost shows as the difference between hope and hope with static
+CMS. A kernel that replaces one of these parts (a fused CPU or Triton kernel) can be judged by the
+share of the step it would remove.
 """
 from __future__ import annotations
 

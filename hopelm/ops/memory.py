@@ -159,7 +159,7 @@ def inner_writes(
         return {"W": (vh - k @ W.mT if l2 else vh, k)}
     W1, W2 = ref["W1"], ref["W2"]
     B, Hg, L, d = v.shape
-    W1g = W1.reshape(B, g, Hg, *W1.shape[2:])                               # [B,g,H',d_h,d_m] memory-major
+    W1g = W1.reshape(B, g, Hg, *W1.shape[2:])                            # [B,g,H',d_h,d_m] memory-major
     z = k @ W2.mT                                                        # [B,H',L,g·d_m]
     h = F.silu(z)
     # u = (v − k) + W1 (σ(W2 v) − σ(W2 k)) for l2 with v̂ = M(v): one W1 product instead of two
