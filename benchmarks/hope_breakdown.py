@@ -2,14 +2,14 @@
 
     python benchmarks/hope_breakdown.py --seq-len 1024 --batch 4 --threads 1
 
-Times forward and forward + backward of one block's parts on a random [batch, T, d_model] input
-(the fastest of `repeats`): the transformer's attention and MLP, and hope's mixer split into its
+Times the forward without autograd (evaluation, prefill), the forward with autograd and forward +
+backward of one block's parts on a random [batch, T, d_model] input (the fastest of `repeats`): the transformer's attention and MLP, and hope's mixer split into its
 projection memories (input projection, conv, M_k/M_v/M_η/M_α read and written every
 projection_chunk_size tokens) and M_memory (written and read every chunk_size tokens), and hope's
-CMS with its levels static. The last rows are whole training steps without the optimizer; their
-forward runs with autograd on, so for hope it includes the inner gradient of every CMS block (SPEC
-§5), and the online CMS's extra cost shows as the difference between hope and hope with static
-CMS. A kernel that replaces one of these parts (a fused CPU or Triton kernel) can be judged by the
+CMS with its levels static. The last rows are whole training steps without the optimizer. With
+online CMS levels every forward, with or without autograd, includes the inner gradient of every
+block (SPEC §5), so the online CMS's extra cost shows as the difference between hope and hope
+with static CMS. A kernel that replaces one of these parts (a fused CPU or Triton kernel) can be judged by the
 share of the step it would remove.
 """
 from __future__ import annotations
@@ -84,22 +84,20 @@ def main() -> None:
         "hope: CMS (static levels)": lambda: static.blocks[0].ffn(x),
     }
     steps = {"transformer": tf, "hope (CMS static)": static, "hope": hope}
+    for name, model in steps.items():
+        parts[f"step: {name}"] = lambda model=model: model(idx[:, :-1], idx[:, 1:]).loss
     print(f"| part (one block; steps: whole model), T={T}, batch {B}, {torch.get_num_threads()} thread(s) "
-          f"| forward ms | forward+backward ms |")
-    print("|---|---|---|")
+          f"| forward without autograd ms | forward ms | forward+backward ms |")
+    print("|---|---|---|---|")
     for name, fn in parts.items():
         def fb(fn=fn):
             total(fn()).backward()
+            for m in steps.values():
+                m.zero_grad(set_to_none=True)
         with torch.no_grad():
-            fwd = best_ms(fn, args.repeats)
-        print(f"| {name} | {fwd:,.0f} | {best_ms(fb, args.repeats):,.0f} |", flush=True)
-    for name, model in steps.items():
-        def fwd(model=model):
-            return model(idx[:, :-1], idx[:, 1:]).loss
-        def fb(model=model):
-            fwd(model).backward()
-            model.zero_grad(set_to_none=True)
-        print(f"| step: {name} | {best_ms(fwd, args.repeats):,.0f} | {best_ms(fb, args.repeats):,.0f} |", flush=True)
+            nograd = best_ms(fn, args.repeats)
+        print(f"| {name} | {nograd:,.0f} | {best_ms(fn, args.repeats):,.0f} | {best_ms(fb, args.repeats):,.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

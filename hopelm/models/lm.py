@@ -8,6 +8,7 @@ recurrent memories), passed in and returned explicitly; models with online CMS l
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -134,6 +135,7 @@ class LM(nn.Module):
         recomputed from the mixer states at its start, which gives the same numbers."""
         exact = self.cfg.cms_meta_grad == "exact"
         targets = torch.cat([st.block_tokens[:, 1:], next_token], dim=1)
+        outer = torch.is_grad_enabled()       # the outer backward will need the block's graph again
         with torch.enable_grad():
             if graph is not None:
                 logits, fast = torch.cat(graph[0], dim=1), graph[1]
@@ -144,7 +146,7 @@ class LM(nn.Module):
             keys = [(i, j, n) for i, f in enumerate(fast) if f is not None
                     for j, w in enumerate(f) if w is not None for n in w]
             grads = torch.autograd.grad(loss, [fast[i][j][n] for i, j, n in keys],
-                                        retain_graph=graph is not None or exact, create_graph=exact)
+                                        retain_graph=(graph is not None and outer) or exact, create_graph=exact)
         per_block: list[Any] = [None if f is None else [None] * len(f) for f in fast]
         for (i, j, n), g in zip(keys, grads):
             per_block[i][j] = {**(per_block[i][j] or {}), n: g}
@@ -158,20 +160,26 @@ class LM(nn.Module):
         C, T = self.cms_block, idx.shape[1]
         graph = None          # (logits pieces, fast weights) of a block that started in this call
         fast = self._fast(st.cms, require_grad=False)
+        grad_on = torch.is_grad_enabled()
         out, i = [], 0
         while i < T:
             if st.pos % C == 0:
                 if st.block_tokens is not None:   # the previous block is complete: teach it
                     st = LMState(st.layers, self._teach(st, idx[:, i:i + 1], graph), st.pos, None, st.layers)
-                grad_on = torch.is_grad_enabled()
-                fast = self._fast(st.cms, require_grad=grad_on)
-                graph = ([], fast) if grad_on else None
+                # Without autograd (evaluation, prefill), a block taught within this call still runs
+                # with a graph, so that _teach reuses it instead of recomputing the block.
+                track = grad_on or i + C < T
+                fast = self._fast(st.cms, require_grad=track)
+                graph = ([], fast) if track else None
                 st = LMState(st.layers, st.cms, st.pos, idx[:, :0], st.layers)
             n = min(C - st.pos % C, T - i)
             piece = idx[:, i:i + n]
-            logits, layers = self._run(piece, st.layers, fast)
+            with torch.set_grad_enabled(graph is not None):
+                logits, layers = self._run(piece, st.layers, fast)
             if graph is not None:
                 graph[0].append(logits)
+            if not grad_on:                       # nothing may depend on a graph the caller did not ask for
+                logits, layers = logits.detach(), detach_states(layers)
             out.append(logits)
             st = LMState(layers, st.cms, st.pos + n, torch.cat([st.block_tokens, piece], dim=1), st.block_start)
             i += n
@@ -214,6 +222,18 @@ class LM(nn.Module):
             tokens.append(nxt)
             out = self(nxt, state=out.state)
         return torch.cat(tokens, dim=1)
+
+
+def detach_states(obj: Any) -> Any:
+    """The same states (lists, dataclasses, tensors) cut from the autograd graph."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(detach_states(o) for o in obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: detach_states(getattr(obj, f.name))
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

@@ -111,3 +111,39 @@ def test_checkpoint_round_trip_reproduces_hope_logits(tmp_path):
         p.data.normal_()
     fresh.load_state_dict(load_checkpoint(tmp_path / "c").model_state)
     torch.testing.assert_close(fresh(x).logits, m(x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention"])
+def test_online_cms_without_autograd_equals_with_it(name):
+    """Under no_grad a block taught within the call runs with a graph that _teach reuses (no
+    recomputation); the logits and fast weights equal the autograd-on call and a stream fed in
+    pieces, and nothing returned is attached to a graph."""
+    m = build(name)
+    x = torch.randint(0, 30, (2, 19))
+    ref = m(x)
+    with torch.no_grad():
+        full = m(x)
+        pieces, state = [], None
+        for a, b in ((0, 6), (6, 7), (7, 19)):
+            out = m(x[:, a:b], state=state)
+            pieces.append(out.logits)
+            state = out.state
+    torch.testing.assert_close(full.logits, ref.logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(torch.cat(pieces, 1), ref.logits, rtol=0, atol=1e-10)
+    for st in (full.state, state):
+        for a, b in zip(st.cms, ref.state.cms):
+            for da, db in zip(a.delta, b.delta):
+                for n in da or {}:
+                    torch.testing.assert_close(da[n], db[n], rtol=0, atol=1e-10)
+    assert full.logits.grad_fn is None
+    leaves = [full.state]
+    while leaves:
+        obj = leaves.pop()
+        if isinstance(obj, torch.Tensor):
+            assert obj.grad_fn is None and not obj.requires_grad
+        elif isinstance(obj, (list, tuple)):
+            leaves.extend(obj)
+        elif hasattr(obj, "__dataclass_fields__"):
+            leaves.extend(getattr(obj, f) for f in obj.__dataclass_fields__)
+        elif isinstance(obj, dict):
+            leaves.extend(obj.values())
