@@ -131,7 +131,7 @@ class LM(nn.Module):
     def _teach(self, st: LMState, next_token: torch.Tensor, graph) -> list[CMSState | None]:
         """Inner step for the finished block `st.block_tokens` (Eq. 71): gradient of the summed
         next-token losses of the block w.r.t. the fast weights it used. When the block ran in this
-        call with autograd on, its graph is reused; otherwise (streaming, generation) the block is
+        call, its graph is reused; otherwise (a stream fed in pieces, generation) the block is
         recomputed from the mixer states at its start, which gives the same numbers."""
         exact = self.cfg.cms_meta_grad == "exact"
         targets = torch.cat([st.block_tokens[:, 1:], next_token], dim=1)
