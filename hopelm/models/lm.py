@@ -174,7 +174,7 @@ class LM(nn.Module):
                 st = LMState(st.layers, st.cms, st.pos, idx[:, :0], st.layers)
             n = min(C - st.pos % C, T - i)
             piece = idx[:, i:i + n]
-            with torch.set_grad_enabled(graph is not None):
+            with torch.set_grad_enabled(grad_on or graph is not None):
                 logits, layers = self._run(piece, st.layers, fast)
             if graph is not None:
                 graph[0].append(logits)
