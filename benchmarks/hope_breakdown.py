@@ -10,7 +10,8 @@ CMS with its levels static. The last rows are whole training steps without the o
 online CMS levels every forward, with or without autograd, includes the inner gradient of every
 block (SPEC §5), so the online CMS's extra cost shows as the difference between hope and hope
 with static CMS. A kernel that replaces one of these parts (a fused CPU or Triton kernel) can be judged by the
-share of the step it would remove.
+share of the step it would remove; `--compile` adds the two hope mixer parts under torch.compile
+(inductor fuses their elementwise work), a first look at what fusion gains there.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="also time hope's projection memories and M_memory under torch.compile (forward+backward "
+                        "only; the first call, which compiles, is timed separately and printed)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +102,17 @@ def main() -> None:
             nograd = best_ms(fn, args.repeats)
         print(f"| {name} | {nograd:,.0f} | {best_ms(fn, args.repeats):,.0f} | {best_ms(fb, args.repeats):,.0f} |",
               flush=True)
+    if not args.compile:
+        return
+    # How much fusing the memories' elementwise work could gain: inductor compiles each part whole
+    # (its chunk loop unrolled), so only the forward+backward of a fixed shape is timed.
+    for name, fn in [("hope: projection memories", projections), ("hope: M_memory", memory)]:
+        compiled = torch.compile(lambda fn=fn: total(fn()))
+        fb = lambda: compiled().backward()
+        start = time.perf_counter()
+        fb()
+        first = time.perf_counter() - start
+        print(f"| {name}, torch.compile (first call {first:,.0f} s) | | | {best_ms(fb, args.repeats):,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
