@@ -150,7 +150,8 @@ class TrainConfig:
     dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | float64 | bfloat16
     grad_clip: float = 1.0         # 0 disables clipping
     out_dir: str = "runs/{model}"  # "{model}" is replaced by model.name
-    compile: bool = False
+    compile: bool = False          # torch.compile the whole model
+    compile_mixers: bool = False   # torch.compile only each block's sequence mixer (hope on CPU: docs/results.md)
     progress: bool = True
     tensorboard: bool = True
 
@@ -237,6 +238,12 @@ class Config:
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        if self.train.compile and self.train.compile_mixers:
+            raise ConfigError("train.compile already compiles the whole model, mixers included: set train.compile "
+                              "or train.compile_mixers, not both.")
+        if self.train.compile_mixers and self.model.cms_meta_grad == "exact":
+            raise ConfigError("train.compile_mixers cannot be used with model.cms_meta_grad='exact': compiled "
+                              "mixers have no double backward.")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -62,3 +62,13 @@ def test_override_syntax():
     assert parse_override("--data.path=a b") == ("data.path", "a b")
     with pytest.raises(ConfigError):
         parse_override("--seed")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["--train.compile=true", "--train.compile_mixers=true"], "not both"),
+    (["--train.compile_mixers=true", "--model.cms_meta_grad=exact"], "double backward"),
+])
+def test_compile_options_that_cannot_work_together_are_refused(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config("tiny", overrides=overrides)
+    load_config("tiny", overrides=overrides[:1])          # each alone is fine

@@ -128,6 +128,11 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             optimizer.load_state_dict(ckpt.optimizer_state)
         restore_rng(ckpt.rng)
         start = int(ckpt.meta["step"])
+    if tcfg.compile_mixers:
+        # Only the mixers: the CMS block loop takes autograd.grad between blocks, where a whole-model
+        # compile breaks its graph; the mixers' chunked memories are where fusion pays (docs/results.md).
+        for block in model.blocks:
+            block.mixer.compile()
     raw_model = model
     if world.distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)

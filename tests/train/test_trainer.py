@@ -105,3 +105,15 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     for k in a.model_state:
         torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-9, atol=1e-11)
     assert abs(a.meta["metrics"]["val_loss"] - b.meta["metrics"]["val_loss"]) < 1e-9
+
+
+@pytest.mark.slow  # inductor compiles the mixers: minutes on a 2-core CPU
+def test_compiled_mixers_train_like_eager_mixers(tmp_path):
+    args = ("--model.name=hope", "--train.max_steps=3", "--train.eval_interval=0", "--data.seq_len=256")
+    from torch._dynamo.utils import counters
+    eager = run(tmp_path, *args, name="eager")
+    counters.clear()
+    compiled = run(tmp_path, *args, "--train.compile_mixers=true", name="compiled")
+    assert counters["stats"]["unique_graphs"] >= 1                # the mixers did run compiled
+    for step in range(3):
+        assert compiled["losses"][step] == pytest.approx(eager["losses"][step], rel=1e-4)
