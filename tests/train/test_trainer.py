@@ -109,8 +109,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
 
 @pytest.mark.slow  # inductor compiles the mixers: minutes on a 2-core CPU
 def test_compiled_mixers_train_like_eager_mixers(tmp_path):
-    args = ("--model.name=hope", "--train.max_steps=3", "--train.eval_interval=0", "--data.seq_len=256")
     from torch._dynamo.utils import counters
+    args = ("--model.name=hope", "--train.max_steps=3", "--train.eval_interval=0", "--data.seq_len=256")
     eager = run(tmp_path, *args, name="eager")
     counters.clear()
     compiled = run(tmp_path, *args, "--train.compile_mixers=true", name="compiled")
