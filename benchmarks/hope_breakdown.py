@@ -21,8 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hopelm.config import load_config
-from hopelm.models import model_from_config
+from hope_configs import add_step_args, build     # the benchmarks folder is on sys.path when run as a script
 from hopelm.ops import chunk_conv, chunk_memory
 
 
@@ -36,19 +35,9 @@ def best_ms(fn, repeats: int) -> float:
     return min(times) * 1e3
 
 
-def build(name: str, preset: str, over: list[str]):
-    cfg = load_config(preset, None, [f"--model.name={name}", "--model.vocab_size=256", *over])
-    torch.manual_seed(0)
-    return model_from_config(cfg.model)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
+    add_step_args(p)
     p.add_argument("--compile", action="store_true",
                    help="also time hope's projection memories and M_memory under torch.compile (forward+backward "
                         "only; the first call, which compiles, is timed separately and printed)")

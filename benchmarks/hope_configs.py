@@ -30,14 +30,26 @@ DEFAULT = [
 ]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("configs", nargs="*", default=DEFAULT, help='e.g. "hope --model.chunk_size=64"')
+def add_step_args(p: argparse.ArgumentParser) -> None:
+    """The options this script shares with hope_breakdown.py: preset, step shape, repeats, threads."""
     p.add_argument("--preset", default="tiny")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+
+
+def build(name: str, preset: str, over: list[str]):
+    """A byte-level model of `preset` with dotted overrides, seeded so every script builds the same one."""
+    cfg = load_config(preset, None, [f"--model.name={name}", "--model.vocab_size=256", *over])
+    torch.manual_seed(0)
+    return model_from_config(cfg.model)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="*", default=DEFAULT, help='e.g. "hope --model.chunk_size=64"')
+    add_step_args(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile every model; the compile time (in the warm-up round) is printed, not timed")
     p.add_argument("--compile-mixers", action="store_true",
@@ -50,9 +62,7 @@ def main() -> None:
     runs = []
     for spec in args.configs:
         name, *over = spec.split()
-        torch.manual_seed(0)
-        cfg = load_config(args.preset, None, [f"--model.name={name}", "--model.vocab_size=256", *over])
-        model = model_from_config(cfg.model)
+        model = build(name, args.preset, over)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         if args.compile_mixers:
             for block in model.blocks:
