@@ -13,19 +13,10 @@ than hope (docs/results.md).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-
-def best_ms(fn, repeats: int) -> float:
-    fn()                                            # warm-up (and, compiled, the compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+from hope_breakdown import best_ms      # the benchmarks folder is on sys.path when run as a script
 
 
 def main() -> None:
