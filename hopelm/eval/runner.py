@@ -127,7 +127,11 @@ def train(model: torch.nn.Module, batches: Callable[[int], list[Example]], steps
           lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float = 1.0,
           extra_loss: Callable[[], torch.Tensor] | None = None) -> list[float]:
     """AdamW on answer-position cross-entropy for `steps` steps; `batches(step)` yields examples.
-    Linear warmup then cosine decay to 10%. Returns the loss of every step."""
+    Linear warmup then cosine decay to 10%. Returns the loss of every step.
+
+    A step whose loss or gradient norm is not finite is skipped, as the trainer does (DESIGN.md,
+    reliability rules): the weights and the optimizer's moments stay as they were, and the step's
+    loss is returned as NaN, so `skipped_steps(losses)` counts the skips."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     losses = []
     model.train()
@@ -141,12 +145,28 @@ def train(model: torch.nn.Module, batches: Callable[[int], list[Example]], steps
         if extra_loss is not None:
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        losses.append(loss.item())
+        value = loss.item()
+        if math.isfinite(value):
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+            if torch.isfinite(norm):
+                opt.step()
+                losses.append(value)
+                continue
+        # One non-finite step must not poison the weights and AdamW's moments for the rest of the run.
+        opt.zero_grad(set_to_none=True)
+        losses.append(float("nan"))
     return losses
+
+
+def skipped_steps(losses: list[float]) -> int:
+    """How many steps `train` skipped (recorded as NaN)."""
+    return sum(not math.isfinite(v) for v in losses)
+
+
+def last_finite(losses: list[float]) -> float:
+    """The loss of the last step that trained (NaN if none did)."""
+    return next((v for v in reversed(losses) if math.isfinite(v)), float("nan"))
 
 
 def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -182,7 +202,7 @@ def run_task(task: Task, model_name: str = "transformer", seeds: int = 3, steps:
              **model_overrides: Any) -> dict[str, Any]:
     """Train a fresh model per seed on `task`, evaluate on its test set; seed s fixes the model
     initialisation, the training stream and the test set alike."""
-    per_seed, losses = [], []
+    per_seed, losses, skips = [], [], []
     for seed in range(seeds):
         model = small_model(model_name, task.vocab_size, d_model, n_layers, n_heads, seed=seed, **model_overrides)
         rng = random.Random(f"{task.name}/train/{seed}")
@@ -190,12 +210,14 @@ def run_task(task: Task, model_name: str = "transformer", seeds: int = 3, steps:
         test = task.test_set(random.Random(f"{task.name}/test/{seed}"))
         acc = accuracy_by_bin(test, score(model, test, mode=mode), metric)
         per_seed.append(acc)
-        losses.append(tr[-1] if tr else float("nan"))
+        losses.append(last_finite(tr))
+        skips.append(skipped_steps(tr))
         if log:
-            log(f"  seed {seed}: final train loss {losses[-1]:.4f}  " +
-                "  ".join(f"{b}: {a:.3f}" for b, a in acc.items()))
+            log(f"  seed {seed}: final train loss {losses[-1]:.4f}" +
+                (f" ({skips[-1]} of {steps} steps skipped: non-finite loss or gradient)" if skips[-1] else "") +
+                "  " + "  ".join(f"{b}: {a:.3f}" for b, a in acc.items()))
     n_params = sum(p.numel() for p in model.parameters())
     return {"task": task.name, "model": model_name, "seeds": seeds, "steps": steps, "batch_size": batch_size,
             "lr": lr, "d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "params": n_params,
-            "metric": metric, "mode": mode, "final_train_loss": losses, "per_seed": per_seed,
+            "metric": metric, "mode": mode, "final_train_loss": losses, "skipped_steps": skips, "per_seed": per_seed,
             "summary": summarize(per_seed), "overrides": model_overrides}

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
+import torch
 
 from hopelm.eval import continual, runner
 from hopelm.eval.babilong import BabilongTask
@@ -126,3 +128,35 @@ def test_length_curve_averages_tasks_and_depths_within_a_seed_then_over_seeds():
     assert list(niah) == [256, 1024] and niah[1024]["mean"] == 0.5
     with pytest.raises(ValueError, match="names no single length"):
         runner.length_curve([{"L=4,L=8": 1.0}])
+
+
+def test_train_skips_non_finite_steps_and_keeps_training():
+    """A NaN loss (step 2) or a NaN gradient (step 4) leaves the weights and AdamW's state as they
+    were, is recorded as NaN and counted; the steps around it train as usual."""
+    model = runner.small_model("transformer", 256, 32, 1, 2, seed=0)
+    rng = random.Random(0)
+    ex = [runner.Example([rng.randrange(256) for _ in range(8)], [rng.randrange(256) for _ in range(8)])
+          for _ in range(4)]
+    param = next(model.parameters())
+    seen = {}
+
+    def extra():
+        step = len(seen)
+        seen[step] = param.detach().clone()
+        if step == 2:
+            return torch.tensor(float("nan"))
+        if step == 4:                                   # finite loss, non-finite gradient
+            return _nan_grad(param)
+        return torch.zeros(())
+
+    losses = runner.train(model, lambda step: ex, 6, lr=1e-2, extra_loss=extra)
+    assert [math.isfinite(v) for v in losses] == [True, True, False, True, False, True]
+    assert runner.skipped_steps(losses) == 2 and runner.last_finite(losses) == losses[-1]
+    assert torch.equal(seen[3], seen[2]) and torch.equal(seen[5], seen[4])      # skipped: unchanged
+    assert not torch.equal(seen[2], seen[1]) and not torch.equal(seen[4], seen[3])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _nan_grad(p: torch.Tensor) -> torch.Tensor:
+    """0 in the forward, NaN in the backward: sqrt at 0 has an infinite derivative, times 0."""
+    return torch.sqrt(p.flatten()[0] * 0)
