@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import torch
 
-from hopelm.eval.runner import IGNORE, Example, answer_loss, collate, data_root, small_model, train
+from hopelm.eval.runner import IGNORE, Example, answer_loss, collate, data_root, skipped_steps, small_model, train
 
 SEP = 256            # after the 256 byte tokens; label tokens follow
 METHODS = ("finetune", "ewc", "replay", "joint")
@@ -188,6 +188,7 @@ def run_continual(data: IntentData, method: str = "finetune", model_name: str = 
     ewc = EWC(model, ewc_lambda) if method == "ewc" else None
     buffer: list[Example] = []
     A = [[0.0] * T for _ in range(T)]
+    skipped = []                                    # non-finite steps skipped, per task
     for t in range(T):
         current = [e for s in train_sets[:t + 1] for e in s] if method == "joint" else train_sets[t]
 
@@ -196,8 +197,8 @@ def run_continual(data: IntentData, method: str = "finetune", model_name: str = 
                 half = batch_size // 2
                 return rng.choices(current, k=batch_size - half) + rng.choices(buffer, k=half)
             return rng.choices(current, k=batch_size)
-        train(model, batches, steps_per_task, lr=lr, warmup=min(20, steps_per_task // 10),
-              extra_loss=ewc.penalty if ewc else None)
+        skipped.append(skipped_steps(train(model, batches, steps_per_task, lr=lr, warmup=min(20, steps_per_task // 10),
+                                           extra_loss=ewc.penalty if ewc else None)))
         if ewc:
             ewc.consolidate(rng.sample(train_sets[t], min(ewc_samples, len(train_sets[t]))))
         if method == "replay":
@@ -209,8 +210,9 @@ def run_continual(data: IntentData, method: str = "finetune", model_name: str = 
         for i in range(t + 1):
             A[t][i] = accuracy(model, test_sets[i], seen)
         if log:
-            log(f"  after task {t}: " + " ".join(f"{a:.2f}" for a in A[t][:t + 1]))
-    return {"dataset": data.name, "method": method, "model": model_name, "seed": seed, "matrix": A,
+            log(f"  after task {t}: " + " ".join(f"{a:.2f}" for a in A[t][:t + 1]) +
+                (f"  ({skipped[t]} non-finite steps skipped)" if skipped[t] else ""))
+    return {"dataset": data.name, "method": method, "model": model_name, "seed": seed, "matrix": A, "skipped_steps": skipped,
             **cl_metrics(A), "steps_per_task": steps_per_task, "train_per_class": train_per_class,
             "test_per_class": test_per_class, "params": sum(p.numel() for p in model.parameters()),
             "overrides": model_overrides}
