@@ -197,8 +197,9 @@ def run_continual(data: IntentData, method: str = "finetune", model_name: str = 
                 half = batch_size // 2
                 return rng.choices(current, k=batch_size - half) + rng.choices(buffer, k=half)
             return rng.choices(current, k=batch_size)
-        skipped.append(skipped_steps(train(model, batches, steps_per_task, lr=lr, warmup=min(20, steps_per_task // 10),
-                                           extra_loss=ewc.penalty if ewc else None)))
+        losses = train(model, batches, steps_per_task, lr=lr, warmup=min(20, steps_per_task // 10),
+                       extra_loss=ewc.penalty if ewc else None)
+        skipped.append(skipped_steps(losses))
         if ewc:
             ewc.consolidate(rng.sample(train_sets[t], min(ewc_samples, len(train_sets[t]))))
         if method == "replay":
@@ -212,8 +213,8 @@ def run_continual(data: IntentData, method: str = "finetune", model_name: str = 
         if log:
             log(f"  after task {t}: " + " ".join(f"{a:.2f}" for a in A[t][:t + 1]) +
                 (f"  ({skipped[t]} non-finite steps skipped)" if skipped[t] else ""))
-    return {"dataset": data.name, "method": method, "model": model_name, "seed": seed, "matrix": A, "skipped_steps": skipped,
-            **cl_metrics(A), "steps_per_task": steps_per_task, "train_per_class": train_per_class,
+    return {"dataset": data.name, "method": method, "model": model_name, "seed": seed, "matrix": A,
+            "skipped_steps": skipped, **cl_metrics(A), "steps_per_task": steps_per_task, "train_per_class": train_per_class,
             "test_per_class": test_per_class, "params": sum(p.numel() for p in model.parameters()),
             "overrides": model_overrides}
 
