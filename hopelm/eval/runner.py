@@ -145,17 +145,15 @@ def train(model: torch.nn.Module, batches: Callable[[int], list[Example]], steps
         if extra_loss is not None:
             loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
-        value = loss.item()
-        if math.isfinite(value):
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-            if torch.isfinite(norm):
-                opt.step()
-                losses.append(value)
-                continue
-        # One non-finite step must not poison the weights and AdamW's moments for the rest of the run.
-        opt.zero_grad(set_to_none=True)
-        losses.append(float("nan"))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+        value, norm = torch.stack([loss.detach().float(), norm.float()]).tolist()   # one device sync
+        if math.isfinite(value) and math.isfinite(norm):
+            opt.step()
+            losses.append(value)
+        else:   # one non-finite step must not poison the weights and AdamW's moments for the rest of the run
+            opt.zero_grad(set_to_none=True)
+            losses.append(float("nan"))
     return losses
 
 
