@@ -24,6 +24,17 @@ from torch import Tensor
 from .decay import Coeffs, chunk_read, chunk_write, decay_coeffs, from_chunks, last_rows, segments, to_chunks
 
 
+def unit_lower_solve(L: Tensor, rhs: Tensor) -> Tensor:
+    """X with L X = rhs for a unit lower-triangular L, in float32 at least.
+
+    Triangular solves have no bfloat16 / float16 kernels (on CPU or CUDA), and under CUDA autocast
+    L and rhs arrive in different dtypes (float32 gates times bfloat16 products); a C×C solve in
+    bfloat16 would also lose the WY form's accuracy. Returns the two inputs' promoted dtype."""
+    dt = torch.promote_types(L.dtype, rhs.dtype)
+    work = torch.float32 if dt in (torch.bfloat16, torch.float16) else dt
+    return torch.linalg.solve_triangular(L.to(work), rhs.to(work), upper=False, unitriangular=True).to(dt)
+
+
 class WY(NamedTuple):
     """Per-chunk factors of the UT transform, functions of k, η, α, β only."""
     T: Tensor            # [..., C, C]    (I + A)⁻¹, unit lower-triangular
@@ -38,7 +49,7 @@ def wy_factors(k: Tensor, eta: Tensor, co: Coeffs) -> WY:
     ekk = ek @ k.mT                                                      # [..., C, C]  η_t k_tᵀk_s
     A = co.G[..., :-1, :] * ekk                                          # strictly lower (G[t,s]=0, s≥t)
     eye = torch.eye(k.shape[-2], dtype=k.dtype, device=k.device)
-    T = torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True)
+    T = unit_lower_solve(eye + A, eye.expand_as(A))
     Wk = T @ (co.g[..., :-1, None] * ek)
     if co.c is None:
         return WY(T, Wk, None, None)
@@ -59,7 +70,7 @@ def wy_solve(k: Tensor, eta: Tensor, ueff: Tensor, co: Coeffs) -> tuple[Tensor, 
         rhs = [co.g[..., :-1, None] * ek, ueff]
     else:
         rhs = [co.g[..., :-1, None] * ek, co.c[..., :-1, None] * ek, (co.D[..., :-1, :] * ekk) @ ueff]
-    X = torch.linalg.solve_triangular(eye + A, torch.cat(rhs, -1), upper=False, unitriangular=True)
+    X = unit_lower_solve(eye + A, torch.cat(rhs, -1))
     parts = X.split([r.shape[-1] for r in rhs], -1)
     return (parts[0], None, parts[1]) if co.c is None else parts
 

@@ -96,3 +96,23 @@ def test_delta_rule_is_the_literal_recurrence():
                 assert_close(St @ q, o[b, t, h])
                 St = St @ (a * torch.eye(DK, dtype=F64) - e * torch.outer(k, k)) + e * torch.outer(u, k)
             assert_close(St, S[b, h])
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_chunk_delta_runs_in_bfloat16_and_under_autocast(beta):
+    """Triangular solves have no bfloat16 kernel: the WY solve runs in float32 (delta.unit_lower_solve),
+    so bfloat16 inputs and autocast's mixed float32 / bfloat16 operands (as on CUDA) work, and the
+    result stays close to the float64 one."""
+    x, S0, M0 = case(100, beta)
+    ref = chunk_delta(x["q"], x["k"], x["v"], x["eta"], x["alpha"], S0, M0, beta=beta, chunk_size=16)
+    bf = {n: t.detach().bfloat16() for n, t in x.items()}
+    o, S, _ = chunk_delta(bf["q"], bf["k"], bf["v"], bf["eta"], bf["alpha"], S0.detach().bfloat16(),
+                          None if M0 is None else M0.detach().bfloat16(), beta=beta, chunk_size=16)
+    assert o.dtype == S.dtype == torch.bfloat16
+    assert_close(ref[0], o.double(), tol=5e-2, what="o")
+    assert_close(ref[1], S.double(), tol=5e-2, what="S")
+    f32 = {n: t.detach().float() for n, t in x.items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, S, _ = chunk_delta(f32["q"], f32["k"], f32["v"], f32["eta"], f32["alpha"], S0.detach().float(),
+                              None if M0 is None else M0.detach().float(), beta=beta, chunk_size=16)
+    assert_close(ref[0], o.double(), tol=5e-2, what="o (autocast)")
