@@ -6,7 +6,8 @@
 #   3. `hopelm bench` at the gpu125m preset (all models, bf16 autocast)
 #   4. the compiled-mixers test (Triton), last because compiling takes minutes
 # Each stage gets what is left of the budget (at most its own cap) and a failing stage does not stop
-# the others. Usage: bash scripts/gpu_check.sh [OUT_DIR] [BUDGET_SECONDS]; OUT_DIR gets log.txt,
+# the others; STAGES="tests train" runs a subset, BENCH_ARGS replaces the bench's lengths and limits.
+# Usage: bash scripts/gpu_check.sh [OUT_DIR] [BUDGET_SECONDS]; OUT_DIR gets log.txt,
 # bench.json, bench.md and the training run's metrics.jsonl. Dry run without a GPU:
 #   HOPELM_TEST_DEVICE=cpu PYTHON=.venv/bin/python TRAIN_ARGS=--train.max_steps=3 bash scripts/gpu_check.sh /tmp/g 200
 set -uo pipefail
@@ -20,9 +21,13 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HOPELM_CACH
 start=$SECONDS
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
+STAGES=" ${STAGES:-info tests train sample eval bench compiled} "   # a subset reruns only those
+BENCH_ARGS=${BENCH_ARGS:---lengths 1024,2048 --prefill 1k,4k,16k --decode 1k,4k,16k --repeats 2 --max-seconds 20}
+
 stage() {   # stage NAME CAP_SECONDS COMMAND...
   local name=$1 cap=$2 left=$((BUDGET - (SECONDS - start)))
   shift 2
+  [[ $STAGES == *" $name "* ]] || return 0
   ((left < cap)) && cap=$left
   if ((cap < 15)); then echo "== $name: not run (budget spent)"; return; fi
   echo "== $name (at most ${cap}s): $*"
@@ -34,12 +39,11 @@ stage() {   # stage NAME CAP_SECONDS COMMAND...
 stage info 30 bash -c "nvidia-smi -L; $PY -c 'import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())'; nproc"
 stage tests 150 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -k "not compiled" --durations=8
 run=/tmp/gpu-tiny-hope
-stage train 150 "$PY" -m hopelm train --model.name=hope --train.device=$DEV --train.out_dir=$run --train.progress=false ${TRAIN_ARGS:-}
+stage train 240 "$PY" -m hopelm train --model.name=hope --train.device=$DEV --train.out_dir=$run --train.progress=false ${TRAIN_ARGS:-}
 cp $run/metrics.jsonl "$OUT/" 2>/dev/null
 stage sample 30 "$PY" -m hopelm sample $run/final --prompt "ROMEO:" --device $DEV --seed 1
 stage eval 30 "$PY" -m hopelm eval $run/final --split validation --device $DEV
-stage bench 240 "$PY" -m hopelm bench --preset gpu125m --device $DEV --lengths 1024,2048 --prefill 1k,4k,16k \
-  --decode 1k,4k,16k --repeats 2 --max-seconds 20 --out /tmp/bench-gpu125m
+stage bench 240 "$PY" -m hopelm bench --preset gpu125m --device $DEV $BENCH_ARGS --out /tmp/bench-gpu125m
 cp /tmp/bench-gpu125m/bench.json /tmp/bench-gpu125m/bench.md "$OUT/" 2>/dev/null
 stage compiled 400 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -k compiled
 echo "== total $((SECONDS - start)) s"

@@ -155,6 +155,18 @@ class SelfModifyingMemory(nn.Module):
         return k, v, eta, alpha, q, proj
 
     def forward(self, x: torch.Tensor, state: SMState | None = None) -> tuple[torch.Tensor, SMState]:
+        """x [B, T, D] -> (y [B, T, D], state). Under autocast (bf16 on CUDA, the trainer's default
+        there) everything up to the output projection runs in float32: bf16 rounds α ≈ 0.999 to 1
+        (no retention) and the fast weights would gather bf16 rounding at every chunk (docs/results.md,
+        "On a GPU")."""
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                y, state = self._mix(x.float(), state)
+        else:
+            y, state = self._mix(x, state)
+        return self.out(y), state
+
+    def _mix(self, x: torch.Tensor, state: SMState | None) -> tuple[torch.Tensor, SMState]:
         B, T, D = x.shape
         if state is None:
             state = SMState(None, self.proj_init.state(B) if self.opts.self_modifying else None, self.mem_init.state(B))
@@ -172,5 +184,4 @@ class SelfModifyingMemory(nn.Module):
             q, proj = _l2norm(self._heads(self.q(x))), None
         o, mem = chunk_memory(q, k, v, eta, alpha, state.mem,
                               **self.memory_kwargs(self.opts.self_modifying, self.opts.chunk_size))
-        y = self.norm(o.reshape(B, T, D)) * F.silu(self.gate(x))
-        return self.out(y), SMState(tail, proj, mem)
+        return self.norm(o.reshape(B, T, D)) * F.silu(self.gate(x)), SMState(tail, proj, mem)

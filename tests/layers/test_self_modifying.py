@@ -23,3 +23,24 @@ def test_near_identity_projection_memories_start_with_k_equal_to_v_and_a_larger_
         near, apart = _kv_cosine(0.02, arch), _kv_cosine(1 / 32 ** 0.5, arch)
         assert near > 0.98
         assert apart < 0.9
+
+
+def test_under_autocast_the_recurrence_runs_in_float32():
+    """bf16 rounds α = 0.999 to 1: under autocast the mixer keeps its memories, gates and fast
+    weights in float32, so its state is exactly the float32 one; only the output projection is bf16."""
+    torch.manual_seed(0)
+    for opts in (MemoryOptions(eta_max=0.05, projection_chunk_size=8, chunk_size=4),
+                 MemoryOptions(self_modifying=False, memory_arch="linear", momentum=0.0, chunk_size=4)):
+        mixer = SelfModifyingMemory(32, 2, opts)
+        x = torch.randn(2, 21, 32)
+        y, ref = mixer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y_bf, st = mixer(x)
+        assert y_bf.dtype == torch.bfloat16
+        for a, b in ((ref.mem, st.mem), (ref.proj, st.proj)):
+            if a is not None:
+                for name in ("W", "W1", "W2"):
+                    if getattr(a, name, None) is not None:
+                        assert getattr(b, name).dtype == torch.float32
+                        torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=0, atol=0)
+        torch.testing.assert_close(y_bf.float(), y, rtol=0, atol=2e-2 * y.abs().max().item())
