@@ -57,13 +57,19 @@ def data_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def collate(examples: list[Example], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest example: [B, T] inputs and [B, T] targets (IGNORE on padding)."""
+def collate(examples: list[Example], pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest example: [B, T] inputs and [B, T] targets (IGNORE on padding).
+
+    A row is padded by repeating its own tokens (or with the token `pad`, if given). What the padding holds cannot change the loss or
+    any answer (the models are causal and padded targets are ignored), but it is still computed:
+    hundreds of one constant pad token drove hope's self-referential projection memories to inf,
+    and 0 × inf in the backward made the whole batch's gradient NaN (BABILong, docs/results.md)."""
     T = max(len(e.tokens) for e in examples)
-    idx = torch.full((len(examples), T), pad, dtype=torch.long)
+    idx = torch.empty((len(examples), T), dtype=torch.long)
     tgt = torch.full((len(examples), T), IGNORE, dtype=torch.long)
     for b, e in enumerate(examples):
-        idx[b, :len(e.tokens)] = torch.tensor(e.tokens)
+        row = torch.tensor(e.tokens)
+        idx[b] = row.repeat(-(-T // len(row)))[:T] if pad is None else F.pad(row, (0, T - len(row)), value=pad)
         tgt[b, :len(e.targets)] = torch.tensor(e.targets)
     return idx, tgt
 

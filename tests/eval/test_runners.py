@@ -160,3 +160,24 @@ def test_train_skips_non_finite_steps_and_keeps_training():
 def _nan_grad(p: torch.Tensor) -> torch.Tensor:
     """0 in the forward, NaN in the backward: sqrt at 0 has an infinite derivative, times 0."""
     return torch.sqrt(p.flatten()[0] * 0)
+
+
+def test_collate_pads_rows_with_their_own_tokens_and_padding_never_changes_the_loss():
+    """Rows are padded by repeating themselves (a long run of one pad token drove hope's projection
+    memories to inf, docs/results.md); whatever the padding, the loss of a padded batch is the loss
+    of its examples run one by one, for a causal attention model and for hope (float64)."""
+    rng = random.Random(0)
+    ex = [runner.Example.qa([rng.randrange(1, 30) for _ in range(n)], [rng.randrange(1, 30)] * 2) for n in (3, 9, 5)]
+    idx, tgt = runner.collate(ex)
+    assert idx.shape == (3, 10)
+    assert idx[0].tolist() == (ex[0].tokens * 3)[:10]
+    assert (tgt[0, len(ex[0].targets):] == runner.IGNORE).all()
+    assert runner.collate(ex, pad=0)[0][0, len(ex[0].tokens):].eq(0).all()
+    for name in ("transformer", "hope"):
+        model = runner.small_model(name, 30, 16, 1, 2, seed=0).double()
+        alone = [torch.nn.functional.cross_entropy(model(torch.tensor([e.tokens]))[0][0], torch.tensor(e.targets),
+                                                   ignore_index=runner.IGNORE, reduction="sum") for e in ex]
+        expected = sum(alone) / sum(sum(t != runner.IGNORE for t in e.targets) for e in ex)
+        for pad in (None, 0):
+            got = runner.answer_loss(model, *runner.collate(ex, pad=pad))
+            assert abs(got.item() - expected.item()) < 1e-6   # answer_loss takes the loss in float32
