@@ -46,9 +46,8 @@ def main() -> None:
     lr, warmup = 1e-3, min(50, a.steps // 10)           # run_task's and train's defaults
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     for step in range(a.steps):
-        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / a.steps))
         for g in opt.param_groups:
-            g["lr"] = lr * min((step + 1) / warmup if step < warmup else 1.0, cos)
+            g["lr"] = lr * runner.lr_scale(step, a.steps, warmup)
         examples = task.train_batch(rng, 32)
         idx, tgt = runner.collate(examples, pad=a.pad)
         loss = runner.answer_loss(model, idx, tgt)

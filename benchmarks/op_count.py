@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hopelm.config import load_config  # noqa: E402
-from hopelm.models import list_models, model_from_config  # noqa: E402
+from hopelm.config import load_config
+from hopelm.models import list_models, model_from_config
 
 
 class CountOps(TorchDispatchMode):

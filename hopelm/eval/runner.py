@@ -60,8 +60,9 @@ def data_root() -> Path:
 def collate(examples: list[Example], pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest example: [B, T] inputs and [B, T] targets (IGNORE on padding).
 
-    A row is padded by repeating its own tokens (or with the token `pad`, if given). What the padding holds cannot change the loss or
-    any answer (the models are causal and padded targets are ignored), but it is still computed:
+    A row is padded by repeating its own tokens (or with the token `pad`, if given). What the padding
+    holds cannot change the loss or any answer (the models are causal and padded targets are
+    ignored), but it is still computed:
     hundreds of one constant pad token drove hope's self-referential projection memories to inf,
     and 0 × inf in the backward made the whole batch's gradient NaN (BABILong, docs/results.md)."""
     T = max(len(e.tokens) for e in examples)
@@ -129,6 +130,12 @@ def small_model(name: str, vocab_size: int, d_model: int = 32, n_layers: int = 2
                               n_layers=n_layers, n_heads=n_heads, **overrides)
 
 
+def lr_scale(step: int, steps: int, warmup: int) -> float:
+    """The runners' schedule: linear warmup over `warmup` steps, cosine decay to 10% over `steps`."""
+    w = (step + 1) / warmup if step < warmup else 1.0
+    return min(w, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1))))
+
+
 def train(model: torch.nn.Module, batches: Callable[[int], list[Example]], steps: int,
           lr: float = 3e-3, weight_decay: float = 0.0, warmup: int = 0, grad_clip: float = 1.0,
           extra_loss: Callable[[], torch.Tensor] | None = None) -> list[float]:
@@ -142,10 +149,8 @@ def train(model: torch.nn.Module, batches: Callable[[int], list[Example]], steps
     losses = []
     model.train()
     for step in range(steps):
-        w = (step + 1) / warmup if step < warmup else 1.0
-        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
         for g in opt.param_groups:
-            g["lr"] = lr * min(w, cos)
+            g["lr"] = lr * lr_scale(step, steps, warmup)
         idx, tgt = collate(batches(step))
         loss = answer_loss(model, idx, tgt)
         if extra_loss is not None:
