@@ -17,6 +17,7 @@ import random
 
 import torch
 
+from hopelm.config import parse_override
 from hopelm.eval import runner
 from hopelm.eval.babilong import BabilongTask
 
@@ -37,11 +38,17 @@ def main() -> None:
     p.add_argument("--model", default="hope")
     p.add_argument("--pad", type=int, default=None, help="pad token (default: repeat the row's own tokens)")
     p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, as in `hopelm eval --set` (repeatable)")
+    p.add_argument("--save", default=None, help="write the weights and the batch of the first non-finite step "
+                   "to this .safetensors file (to study the failure without retraining)")
     a = p.parse_args()
     torch.set_num_threads(1)
     root = runner.data_root()
     task = BabilongTask((2, 4, 5), 0, (0,), root=str(root / "babi"), pg19_root=str(root / "pg19-mini"))
-    model = runner.small_model(a.model, task.vocab_size, 64, 2, 2, seed=0)
+    overrides = dict(parse_override(f"model.{kv}") for kv in a.set)
+    overrides = {k.removeprefix("model."): v for k, v in overrides.items()}
+    model = runner.small_model(a.model, task.vocab_size, 64, 2, 2, seed=0, **overrides)
     rng = random.Random(f"{task.name}/train/0")          # run_task's stream for seed 0
     lr, warmup = 1e-3, min(50, a.steps // 10)           # run_task's and train's defaults
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -59,6 +66,10 @@ def main() -> None:
             opt.step()
             continue
         bad = [n for n, q in model.named_parameters() if q.grad is not None and not torch.isfinite(q.grad).all()]
+        if a.save:
+            from safetensors.torch import save_file
+            save_file({**{"model." + n: t.detach().contiguous() for n, t in model.state_dict().items()},
+                       "batch.idx": idx.contiguous()}, a.save)
         print(f"first non-finite step {step}: {len(bad)} parameters with a non-finite gradient, e.g. {bad[:3]}")
         for b, pos in enumerate(first_non_finite_positions(model, idx)):
             if pos is not None:

@@ -65,6 +65,7 @@ class ModelConfig:
     eta_max: float = 1.0
     normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
     proj_init_std: float = 0.02    # std of the random part of hope's projection memories' initial states
+    memory_max_norm: float = 0.0   # bound on every memory weight's Frobenius norm at chunk starts; 0 = off
 
     def validate(self) -> None:
         _positive(self, "model", "d_model", "n_layers", "n_heads", "memory_expansion", "chunk_size",
@@ -81,6 +82,8 @@ class ModelConfig:
             raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
         if self.proj_init_std < 0:
             raise ConfigError(f"model.proj_init_std={self.proj_init_std} must be >= 0.")
+        if self.memory_max_norm < 0:
+            raise ConfigError(f"model.memory_max_norm={self.memory_max_norm} must be >= 0 (0 turns the bound off).")
 
     def _validate_memory(self) -> None:
         if self.memory_arch not in ("mlp", "linear"):

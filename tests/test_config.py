@@ -32,6 +32,7 @@ def test_overrides_are_typed():
     ("--train.max_steps=0", "train.max_steps"),
     ("--train.dtype=float8", "train.dtype"),
     ("--model.proj_init_std=-0.1", "model.proj_init_std"),
+    ("--model.memory_max_norm=-1", "model.memory_max_norm"),
 ])
 def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -45,6 +45,7 @@ class MemoryOptions:
     normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
     proj_init_std: float = 0.02        # random part of the projection memories' M_□,0 (see MemoryInit)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
+    memory_max_norm: float = 0.0       # bound on each memory weight's Frobenius norm at chunk starts (0: off)
     conv_width: int = 4
 
 
@@ -117,7 +118,7 @@ class SelfModifyingMemory(nn.Module):
         o = self.opts
         return dict(arch=o.memory_arch, objective=o.objective, precondition=o.precondition, momentum=o.momentum,
                     self_target=self_target, read_after_write=o.read_after_write, chunk_size=chunk_size,
-                    detach_inner=o.detach_inner)
+                    detach_inner=o.detach_inner, max_norm=o.memory_max_norm)
 
     def _gates(self, eta_raw: torch.Tensor, alpha_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """η = η_max σ(· + b_η), α = σ(· + b_α) per head; inputs [B, T, H]."""

@@ -65,7 +65,9 @@ def decay_coeffs(alpha: Tensor, beta: float = 0.0) -> Coeffs:
     C = alpha.shape[-1]
     # Ratios of cumulative products via log-space differences: a plain cumprod underflows on long
     # chunks with small α, and the ratio of two underflowed numbers is 0/0.
-    lg = F.pad(torch.log(alpha).cumsum(-1), (1, 0))                    # [..., C+1]  log γ_j
+    # α is clamped to the smallest normal float: a sigmoid that underflowed to 0 would give log 0 =
+    # −inf and −inf − (−inf) = NaN below (the per-token form multiplies by α and stays finite).
+    lg = F.pad(torch.log(alpha.clamp_min(torch.finfo(alpha.dtype).tiny)).cumsum(-1), (1, 0))  # [..., C+1] log γ_j
     mask = torch.ones(C + 1, C, dtype=torch.bool, device=alpha.device).tril(-1)
     diff = lg[..., :, None] - lg[..., None, 1:]                          # [..., C+1, C]
     # Mask before exp: the upper triangle holds positive exponents that could overflow to inf.

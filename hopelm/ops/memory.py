@@ -50,7 +50,8 @@ _NAMES = {"linear": ("W",), "mlp": ("W2", "W1")}
 _MOM = {"W": "S", "W1": "S1", "W2": "S2"}
 
 
-def _check(state: MemoryState, arch: str, objective: str, chunk_size: int, momentum: float) -> tuple[str, ...]:
+def _check(state: MemoryState, arch: str, objective: str, chunk_size: int, momentum: float,
+           max_norm: float = 0.0) -> tuple[str, ...]:
     if arch not in _NAMES:
         raise ValueError(f"arch must be 'linear' or 'mlp', got {arch!r}")
     if objective not in ("l2", "dot"):
@@ -59,6 +60,8 @@ def _check(state: MemoryState, arch: str, objective: str, chunk_size: int, momen
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be >= 0 (0: no bound), got {max_norm}")
     names = _NAMES[arch]
     missing = [n for n in names if getattr(state, n) is None]
     if missing:
@@ -227,11 +230,30 @@ def _new_state(names, W, Mo, ref, pos: int, C: int) -> MemoryState:
     return MemoryState(pos=pos, **fields)
 
 
+def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacked: str | None = None) -> dict[str, Tensor]:
+    """Project every memory weight W [rows, cols] onto the Frobenius ball of radius max_norm·√rows,
+    W ← W · min(1, max_norm √rows / ‖W‖), per sequence, head and memory (0: off). So max_norm bounds
+    the root mean square of the rows' norms; the input-side weights start near 1 (MemoryInit).
+    Applied where a chunk starts, to the state that becomes the chunk's reference, so naive, chunk
+    and step agree. A stabiliser of this project, not of the paper (docs/paper_map.md, "Bounded
+    memories"). `stacked` names the weight that comes head-major with `groups` memories stacked
+    along its rows (stack_rows)."""
+    if not max_norm:
+        return W
+    out = {}
+    for m, t in W.items():
+        v = t.unflatten(2, (groups, -1)) if m == stacked and groups > 1 else t   # [B,H',g,r,c] or [B,H,r,c]
+        radius = max_norm * v.shape[-2] ** 0.5
+        scale = (radius / v.square().sum((-2, -1), keepdim=True).clamp_min(1e-30).sqrt()).clamp(max=1.0)
+        out[m] = (v * scale).reshape(t.shape)
+    return out
+
+
 def step_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor, state: MemoryState,
     *, arch: str = "mlp", objective: str = "l2", precondition: bool = True, momentum: float = 0.0,
     self_target: bool = True, read_after_write: bool = False, chunk_size: int = 16,
-    detach_inner: bool = False, pos: int | None = None,
+    detach_inner: bool = False, max_norm: float = 0.0, pos: int | None = None,
 ) -> tuple[Tensor, MemoryState]:
     """One token (decoding, O(1) state). q, k, v [B,1,H,d_h]; eta, alpha [B,1,H].
 
@@ -240,9 +262,12 @@ def step_memory(
     """
     if pos is not None:
         state = replace(state, pos=pos)
-    names = _check(state, arch, objective, chunk_size, momentum)
+    names = _check(state, arch, objective, chunk_size, momentum, max_norm)
     W, Mo = _weights(state, names), _momenta(state, names, momentum)
-    ref = W if state.pos % chunk_size == 0 else _weights(state, names, "ref_")
+    if state.pos % chunk_size == 0:               # chunk start: bound the state, it becomes the reference
+        W = ref = bound_weights(W, max_norm)
+    else:
+        ref = _weights(state, names, "ref_")
     r = {n: t.detach() for n, t in ref.items()} if detach_inner else ref
     writes = inner_writes(r, k.transpose(1, 2), v.transpose(1, 2), objective=objective, self_target=self_target)
     opts = dict(beta=momentum, read_after_write=read_after_write)
@@ -262,14 +287,14 @@ def naive_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor, state: MemoryState,
     *, arch: str = "mlp", objective: str = "l2", precondition: bool = True, momentum: float = 0.0,
     self_target: bool = True, read_after_write: bool = False, chunk_size: int = 16,
-    detach_inner: bool = False,
+    detach_inner: bool = False, max_norm: float = 0.0,
 ) -> tuple[Tensor, MemoryState]:
     """Per-token loop (the oracle): the reference state is refreshed every chunk_size tokens;
     chunk_size=1 is the exact sequential rule, NL Eq. 88. q, k, v [B,T,H,d_h]; eta, alpha [B,T,H]."""
-    _check(state, arch, objective, chunk_size, momentum)
+    _check(state, arch, objective, chunk_size, momentum, max_norm)
     opts = dict(arch=arch, objective=objective, precondition=precondition, momentum=momentum,
                 self_target=self_target, read_after_write=read_after_write, chunk_size=chunk_size,
-                detach_inner=detach_inner)
+                detach_inner=detach_inner, max_norm=max_norm)
     os = []
     # unbind, not x[:, t]: a slice's backward allocates a zero tensor of the whole sequence
     for qt, kt, vt, et, at in zip(*(x.unbind(1) for x in (q, k, v, eta, alpha))):
@@ -282,7 +307,7 @@ def chunk_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Tensor, state: MemoryState,
     *, arch: str = "mlp", objective: str = "l2", precondition: bool = True, momentum: float = 0.0,
     self_target: bool = True, read_after_write: bool = False, chunk_size: int = 16,
-    detach_inner: bool = False, groups: int = 1,
+    detach_inner: bool = False, max_norm: float = 0.0, groups: int = 1,
 ) -> tuple[Tensor | None, MemoryState]:
     """Chunked memory (SPEC §4): loop over chunks; inside a chunk, gradients at the chunk-start
     reference state, and the retention, preconditioner and reads exact (WY form + masked matmuls).
@@ -297,7 +322,7 @@ def chunk_memory(
     input-side weights are one wider memory per head (stack_rows), so every product with a shared
     input and the factors of k, η, α (decay coefficients, WY solve) are computed once; q must be None.
     """
-    names = _check(state, arch, objective, chunk_size, momentum)
+    names = _check(state, arch, objective, chunk_size, momentum, max_norm)
     g = groups
     B, T, Hg, _ = v.shape
     H = getattr(state, names[0]).shape[1]
@@ -324,7 +349,8 @@ def chunk_memory(
         for i, (ki, vi, ei, last, wy) in enumerate(zip(
                 kc.unbind(0), vc.unbind(0), ec[..., None].unbind(0), last_rows(co), wys)):
             if ref is None or i > 0 or start > 0:
-                ref = W                           # chunk start: the reference is the current state
+                # chunk start: the (bounded) current state is the reference
+                W = ref = bound_weights(W, max_norm, g, n0)
             r = {m: t.detach() for m, t in ref.items()} if detach_inner else ref
             writes = inner_writes(r, ki, vi, objective=objective, self_target=self_target, groups=g)
             new_W, new_M = {}, {}

@@ -254,6 +254,8 @@ def test_bad_arguments_fail_with_one_clear_error():
         chunk_memory(*args, s, momentum=1.0)
     with pytest.raises(ValueError, match="missing"):
         chunk_memory(*args, s, arch="linear")
+    with pytest.raises(ValueError, match="max_norm"):
+        chunk_memory(*args, s, max_norm=-1.0)
     with pytest.raises(ValueError, match="reference"):
         step_memory(*(a[:, :1] for a in args), MemoryState(W1=s.W1, W2=s.W2, pos=3), chunk_size=8)
 
@@ -311,3 +313,84 @@ def test_silu_grad_matches_autograd_to_second_order():
         assert_close(a, b, what="grad")
     assert torch.autograd.gradcheck(silu_grad, (y, z))
     assert torch.autograd.gradgradcheck(silu_grad, (y, z))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memories (max_norm) and an underflowed retention: stabilisers, same parity contract
+
+def rms_row_norm(W: torch.Tensor) -> torch.Tensor:
+    """‖W‖_F / √rows per sequence and head: what max_norm bounds."""
+    return W.detach().square().sum((-2, -1)).sqrt() / W.shape[-2] ** 0.5
+
+
+@pytest.mark.parametrize("T,C", [(23, 8), (64, 16), (9, 1)])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_bounded_memory_keeps_parity_and_changes_the_computation(preset, T, C):
+    """With max_norm active, naive == chunk (outputs, states, gradients) still holds, and the result
+    differs from the unbounded memory (the bound is not a no-op at this radius)."""
+    opts = {**PRESETS[preset], "max_norm": 0.3}
+    check_parity(T, C, opts)
+    x = seq_inputs(B, T, H, D)
+    s0 = initial_state(opts["arch"], opts["momentum"])
+    a, _ = chunk_memory(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, chunk_size=C, **opts)
+    b, _ = chunk_memory(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, chunk_size=C, **PRESETS[preset])
+    assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mlp", "linear"])
+def test_bound_holds_for_every_chunk_reference_and_a_loose_bound_changes_nothing(arch):
+    """Stopping mid-chunk exposes the chunk's reference weights (ref_*): they are within the bound
+    for every chunk of a stream that starts far outside it; a radius never reached gives exactly
+    the unbounded memory."""
+    C, R = 8, 0.05
+    opts = dict(arch=arch, chunk_size=C)
+    x = seq_inputs(B, 60, H, D, eta_max=0.9)
+    s = initial_state(arch, 0.0)
+    names = ["W"] if arch == "linear" else ["W1", "W2"]
+    assert min(rms_row_norm(getattr(s, n)).min() for n in names) > 2 * R
+    for start in range(0, 56, C):
+        part = [x[n][:, start:start + C // 2] for n in ("q", "k", "v", "eta", "alpha")]
+        _, mid = chunk_memory(*part, s, max_norm=R, **opts)
+        for n in names:
+            assert rms_row_norm(getattr(mid, "ref_" + n)).max() <= R * (1 + 1e-12)
+        rest = [x[n][:, start + C // 2:start + C] for n in ("q", "k", "v", "eta", "alpha")]
+        _, s = chunk_memory(*rest, mid, max_norm=R, **opts)
+    args = [x[n] for n in ("q", "k", "v", "eta", "alpha")]
+    s0 = initial_state(arch, 0.0)
+    o_loose, s_loose = chunk_memory(*args, s0, max_norm=1e6, **opts)
+    o_off, s_off = chunk_memory(*args, s0, **opts)
+    assert torch.equal(o_loose, o_off) and all(torch.equal(getattr(s_loose, n), getattr(s_off, n)) for n in names)
+
+
+def test_bounded_grouped_write_bounds_each_memory_alone():
+    """groups=G: the bound applies per stacked memory, as if each memory were its own stream."""
+    G, T, C = 3, 13, 4
+    opts = {**PRESETS["hope"], "chunk_size": C, "max_norm": 0.3}
+    x = seq_inputs(B, T, H, D)
+    rep = lambda t: t.repeat(1, 1, G, *([1] * (t.dim() - 3)))
+    s0 = MemoryState(W1=rand_like_leaf((B, G * H, D, DM), 1, scale=0.5), W2=rand_like_leaf((B, G * H, DM, D), 2, scale=0.5))
+    _, a = chunk_memory(rep(x["k"]), rep(x["k"]), rep(x["v"]), rep(x["eta"]), rep(x["alpha"]), s0, **opts)
+    _, b = chunk_memory(None, x["k"], x["v"], x["eta"], x["alpha"], s0, groups=G, **opts)
+    for f in ("W1", "W2"):
+        assert_close(getattr(a, f), getattr(b, f), what=f)
+
+
+def test_retention_that_underflowed_to_zero_stays_finite_and_matches_naive():
+    """α = σ(logit) underflows to exactly 0 for a very negative logit: the chunked form takes logs
+    of α and must not turn log 0 = −inf into NaN. Outputs, states and the gradients reaching the
+    logits (σ' underflows there too) agree with the per-token form."""
+    T, C = 19, 8
+    x = seq_inputs(B, T, H, D)
+    logit = torch.randn(B, T, H, dtype=F64, generator=torch.Generator().manual_seed(5)) + 3.0
+    logit[:, 5] = -800.0                           # σ(−800) == 0 in float64
+    logit.requires_grad_()
+    assert (torch.sigmoid(logit) == 0).any()
+    s0 = initial_state("mlp", 0.0)
+    leaves = [x["q"], x["k"], x["v"], logit, s0.W1, s0.W2]
+    res = []
+    for fn in (naive_memory, chunk_memory):
+        o, s = fn(x["q"], x["k"], x["v"], x["eta"], torch.sigmoid(logit), s0, chunk_size=C, **PRESETS["hope"])
+        res.append([o, s.W1, s.W2] + grads([o, s.W1, s.W2], leaves))
+    for name, u, w in zip(["o", "W1", "W2", "dq", "dk", "dv", "dlogit", "dW1", "dW2"], *res):
+        assert torch.isfinite(w).all(), name
+        assert_close(u, w, what=name)
