@@ -5,7 +5,9 @@ schedule, batches and seed 0) and prints every step's loss and gradient norm. At
 loss or gradient is not finite it reports which parameters got a non-finite gradient and, per batch
 row, the first position where the first block's mixer output is not finite next to the row's real
 length (beyond it lies padding), then stops. `--pad 0` pads rows with byte 0, as the runners did
-before commit a9c721a; the default pads a row with its own tokens, as they do now.
+before commit a9c721a; the default pads a row with its own tokens, as they do now. `--set` changes
+the model config (e.g. `--set memory_max_norm=0` for the unbounded memories), `--save` keeps the
+weights and the batch of the failing step for study without retraining.
 
     OMP_NUM_THREADS=1 python benchmarks/babilong_nonfinite.py --pad 0
 """

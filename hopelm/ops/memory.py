@@ -244,8 +244,15 @@ def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacke
     for m, t in W.items():
         v = t.unflatten(2, (groups, -1)) if m == stacked and groups > 1 else t   # [B,H',g,r,c] or [B,H,r,c]
         radius = max_norm * v.shape[-2] ** 0.5
-        scale = (radius / v.square().sum((-2, -1), keepdim=True).clamp_min(1e-30).sqrt()).clamp(max=1.0)
-        out[m] = (v * scale).reshape(t.shape)
+        # Nothing to project (min(1, ·) has gradient 0 there too): skip the ops. Only in eager CPU
+        # code: on a GPU the check would stall the stream, under torch.compile it would break the graph.
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                if bool((torch.linalg.vector_norm(v, dim=(-2, -1)) <= radius).all()):
+                    out[m] = t
+                    continue
+        norm = torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        out[m] = (v * (radius / norm).clamp(max=1.0)).reshape(t.shape)
     return out
 
 

@@ -362,6 +362,20 @@ def test_bound_holds_for_every_chunk_reference_and_a_loose_bound_changes_nothing
     assert torch.equal(o_loose, o_off) and all(torch.equal(getattr(s_loose, n), getattr(s_off, n)) for n in names)
 
 
+def test_the_projection_path_where_nothing_is_outside_equals_skipping_it(monkeypatch):
+    """On a GPU and under torch.compile the bound always multiplies by min(1, ·) instead of first
+    checking on the host whether any weight is outside: with nothing outside, same outputs, states
+    and gradients as the eager CPU path that skips it."""
+    x = seq_inputs(B, 21, H, D)
+    s0 = initial_state("mlp", 0.0)
+    runs = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        runs.append(run(chunk_memory, x, s0, chunk_size=8, max_norm=1e3, **PRESETS["hope"])[0])
+    for u, w in zip(*runs):
+        assert_close(u, w, tol=1e-14)
+
+
 def test_bounded_grouped_write_bounds_each_memory_alone():
     """groups=G: the bound applies per stacked memory, as if each memory were its own stream."""
     G, T, C = 3, 13, 4
