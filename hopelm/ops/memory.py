@@ -8,6 +8,8 @@ state (the state at the start of the chunk, SPEC §4):
     output-side weight W1:        W_t = α_t W_{t−1} − η_t G_t
     with momentum β:              S_t = β S_{t−1} − η_t G_t replaces −η_t G_t     (Titans Eq. 13–14)
     read:                         o_t = M_{t−1}(q_t)   (M_t(q_t) with read_after_write; NL Eq. 94)
+    bound (max_norm = R > 0):     W ← W min(1, R √rows / ‖W‖_F) where a chunk starts (this project's
+                                  stabiliser, not the paper's: bound_weights)
 
 Every G_t is rank-1 with a known vector once the reference state is fixed: the input-side weight is a
 gated delta rule (delta.py) and W1 a decayed linear attention (decay.py). Chunks are aligned to
@@ -328,6 +330,9 @@ def chunk_memory(
     each memory □ makes its own target M_□(v) (HOPE's projection memories, SPEC §3). Inside, the
     input-side weights are one wider memory per head (stack_rows), so every product with a shared
     input and the factors of k, η, α (decay coefficients, WY solve) are computed once; q must be None.
+
+    max_norm > 0 bounds each memory's weights where a chunk starts (bound_weights), as step_memory
+    does at positions that are multiples of chunk_size.
     """
     names = _check(state, arch, objective, chunk_size, momentum, max_norm)
     g = groups
