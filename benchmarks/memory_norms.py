@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import gzip
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 import hopelm
-
-
-def rms_row_norm(W: torch.Tensor) -> float:
-    return (W.square().sum((-2, -1)).sqrt() / W.shape[-2] ** 0.5).max().item()
+from hopelm.ops.memory import rms_row_norm
 
 
 def largest_norms(model: torch.nn.Module, ids: torch.Tensor, piece: int) -> dict[str, float]:
@@ -35,12 +33,12 @@ def largest_norms(model: torch.nn.Module, ids: torch.Tensor, piece: int) -> dict
                 for w in ("W", "W1", "W2"):
                     if m is not None and getattr(m, w, None) is not None:
                         key = f"block {i} {mem} {w}"
-                        largest[key] = max(largest.get(key, 0.0), rms_row_norm(getattr(m, w)))
+                        largest[key] = max(largest.get(key, 0.0), rms_row_norm(getattr(m, w)).max().item())
 
     state = None
     with torch.no_grad():
         # the first chunk starts from the learned initial states M_□,0
-        record([argparse.Namespace(proj=getattr(b.mixer, "proj_init", None), mem=getattr(b.mixer, "mem_init", None))
+        record([SimpleNamespace(proj=getattr(b.mixer, "proj_init", None), mem=getattr(b.mixer, "mem_init", None))
                 for b in model.blocks])
         for part in ids.split(piece, dim=1):
             state = model(part, state=state).state

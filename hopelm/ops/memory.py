@@ -232,6 +232,12 @@ def _new_state(names, W, Mo, ref, pos: int, C: int) -> MemoryState:
     return MemoryState(pos=pos, **fields)
 
 
+def rms_row_norm(W: Tensor) -> Tensor:
+    """‖W‖_F / √rows of each matrix in W [..., rows, cols]: the root mean square of its rows' norms,
+    what bound_weights bounds. Returns [...]."""
+    return torch.linalg.vector_norm(W, dim=(-2, -1)) / W.shape[-2] ** 0.5
+
+
 def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacked: str | None = None) -> dict[str, Tensor]:
     """Project every memory weight W [rows, cols] onto the Frobenius ball of radius max_norm·√rows,
     W ← W · min(1, max_norm √rows / ‖W‖), per sequence, head and memory (0: off). So max_norm bounds
@@ -245,16 +251,15 @@ def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacke
     out = {}
     for m, t in W.items():
         v = t.unflatten(2, (groups, -1)) if m == stacked and groups > 1 else t   # [B,H',g,r,c] or [B,H,r,c]
-        radius = max_norm * v.shape[-2] ** 0.5
         # Nothing to project (min(1, ·) has gradient 0 there too): skip the ops. Only in eager CPU
         # code: on a GPU the check would stall the stream, under torch.compile it would break the graph.
         if t.device.type == "cpu" and not torch.compiler.is_compiling():
             with torch.no_grad():
-                if bool((torch.linalg.vector_norm(v, dim=(-2, -1)) <= radius).all()):
+                if bool((rms_row_norm(v) <= max_norm).all()):
                     out[m] = t
                     continue
-        norm = torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-        out[m] = (v * (radius / norm).clamp(max=1.0)).reshape(t.shape)
+        scale = (max_norm / rms_row_norm(v).clamp_min(1e-30)).clamp(max=1.0)
+        out[m] = (v * scale[..., None, None]).reshape(t.shape)
     return out
 
 

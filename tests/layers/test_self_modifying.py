@@ -1,6 +1,7 @@
 """The self-modifying mixer's initialisation: the projection memories' initial states."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -47,37 +48,39 @@ def test_under_autocast_the_recurrence_runs_in_float32():
         torch.testing.assert_close(y_bf.float(), y, rtol=0, atol=2e-2 * y.abs().max().item())
 
 
-def _periodic_run(max_norm: float) -> tuple[bool, float]:
+def _periodic_run(max_norm: float, P: int, C: int, T: int) -> tuple[bool, float]:
     """The first mixer of a small hope (its projection memories started apart, proj_init_std 0.3,
-    and η at η_max) fed the embedding of a repeated sentence in pieces of 64 tokens. Returns whether
-    every output was finite and the largest RMS row norm of a projection memory's weights at the
-    start of a piece (each piece starts a projection chunk), as that chunk uses them."""
+    and η at η_max) fed the embedding of a repeated sentence, T tokens in pieces of 32. Returns
+    whether every output was finite and the largest RMS row norm of the projection memories'
+    reference weights (ref_*, the weights a chunk reads and takes its gradients at) seen where a
+    piece ends inside a projection chunk."""
     import hopelm
-    from hopelm.ops.memory import bound_weights
+    from hopelm.ops.memory import rms_row_norm
 
     torch.manual_seed(0)
     model = hopelm.build_model("hope", preset="tiny", vocab_size=256, d_model=64, n_layers=2, n_heads=2,
-                               proj_init_std=0.3, projection_chunk_size=64, chunk_size=16, memory_max_norm=max_norm)
+                               proj_init_std=0.3, projection_chunk_size=P, chunk_size=C, memory_max_norm=max_norm)
     mixer = model.blocks[0].mixer
-    rms = lambda W: (W.square().sum((-2, -1)).sqrt() / W.shape[-2] ** 0.5).max().item()
     with torch.no_grad():
         mixer.b_eta.fill_(5.0)
-        x = model.embed(torch.tensor([list(b"Mary is." * 256)]))         # T = 2048
+        x = model.embed(torch.tensor([list(b"Mary is." * (T // 8))]))
         finite, largest, state = True, 0.0, None
-        for piece in x.split(64, dim=1):
-            if state is not None:
-                used = bound_weights({"W1": state.proj.W1, "W2": state.proj.W2}, max_norm)
-                largest = max(largest, *(rms(W) for W in used.values()))
+        for piece in x.split(32, dim=1):
             y, state = mixer(piece, state)
             finite &= bool(torch.isfinite(y).all())
+            if state.proj.ref_W1 is not None:
+                largest = max(largest, *(rms_row_norm(W).max().item() for W in (state.proj.ref_W1, state.proj.ref_W2)))
     return finite, largest
 
 
-def test_bounded_memories_keep_a_repetitive_input_finite_where_the_printed_rule_overflows():
+@pytest.mark.parametrize("P,C,T", [(64, 16, 2048), (1, 1, 640)])
+def test_bounded_memories_keep_a_repetitive_input_finite_where_the_printed_rule_overflows(P, C, T):
     """The failure `memory_max_norm` exists for (docs/paper_map.md, "Bounded memories"): on a
     periodic input the self-generated targets of the projection memories feed back on their own
-    weights until they overflow (at chunk size 1 too: a property of the rule, not of chunking).
-    With the bound every chunk starts from weights within it, and the output stays finite."""
-    assert _periodic_run(0.0)[0] is False
-    finite, largest = _periodic_run(4.0)
+    weights until they overflow, at the presets' chunk sizes and at chunk size 1 (the exact
+    sequential rule: the rule itself, not the chunked approximation). With the bound every chunk
+    reads from weights within it, and the output stays finite."""
+    assert _periodic_run(0.0, P, C, T)[0] is False
+    finite, largest = _periodic_run(4.0, P, C, T)
     assert finite and largest <= 4.0 * (1 + 1e-6)
+    assert largest > 0 or P == 1          # chunks of one token are always whole: no ref_* to look at

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hopelm.ops import MemoryState, chunk_memory, naive_memory, step_memory
-from hopelm.ops.memory import read_grouped, read_memory, silu_grad
+from hopelm.ops.memory import read_grouped, read_memory, rms_row_norm, silu_grad
 
 from .helpers import F64, assert_close, grads, rand_like_leaf, seq_inputs
 
@@ -317,11 +317,6 @@ def test_silu_grad_matches_autograd_to_second_order():
 
 # ---------------------------------------------------------------------------------------------
 # Bounded memories (max_norm) and an underflowed retention: stabilisers, same parity contract
-
-def rms_row_norm(W: torch.Tensor) -> torch.Tensor:
-    """‖W‖_F / √rows per sequence and head: what max_norm bounds."""
-    return W.detach().square().sum((-2, -1)).sqrt() / W.shape[-2] ** 0.5
-
 
 @pytest.mark.parametrize("T,C", [(23, 8), (64, 16), (9, 1)])
 @pytest.mark.parametrize("preset", list(PRESETS))
