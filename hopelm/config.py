@@ -155,6 +155,7 @@ class TrainConfig:
     out_dir: str = "runs/{model}"  # "{model}" is replaced by model.name
     compile: bool = False          # torch.compile the whole model
     compile_mixers: bool = False   # torch.compile only each block's sequence mixer (hope on CPU: docs/results.md)
+    cuda_graph: bool = False       # capture forward + backward once as a CUDA graph, replay it every step (GPU)
     progress: bool = True
     tensorboard: bool = True
 
@@ -244,6 +245,9 @@ class Config:
         if self.train.compile and self.train.compile_mixers:
             raise ConfigError("train.compile already compiles the whole model, mixers included: set train.compile "
                               "or train.compile_mixers, not both.")
+        if self.train.cuda_graph and (self.train.compile or self.train.compile_mixers or self.train.grad_accum > 1):
+            raise ConfigError("train.cuda_graph=true captures one eager micro-batch: it cannot be combined with "
+                              "train.compile, train.compile_mixers or train.grad_accum > 1.")
         if self.train.compile_mixers and self.model.cms_meta_grad == "exact":
             raise ConfigError("train.compile_mixers cannot be used with model.cms_meta_grad='exact': compiled "
                               "mixers have no double backward.")

@@ -68,6 +68,8 @@ def test_override_syntax():
 @pytest.mark.parametrize("overrides, words", [
     (["--train.compile=true", "--train.compile_mixers=true"], "not both"),
     (["--train.compile_mixers=true", "--model.cms_meta_grad=exact"], "double backward"),
+    (["--train.cuda_graph=true", "--train.compile_mixers=true"], "cannot be combined"),
+    (["--train.cuda_graph=true", "--train.grad_accum=2"], "cannot be combined"),
 ])
 def test_compile_options_that_cannot_work_together_are_refused(overrides, words):
     with pytest.raises(ConfigError, match=words):

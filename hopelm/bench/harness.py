@@ -18,6 +18,7 @@ import datetime
 import gc
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ import torch
 
 from hopelm.bench import report
 from hopelm.bench.measure import (Sweep, count_flops, device_name, git_commit, matmul_peak, median,
-                                  memory_kind, peak_memory, reset_peak, state_nbytes, timed)
+                                  memory_kind, peak_memory, reset_peak, state_nbytes, sync, timed)
 from hopelm.config import ConfigError, load_config, parse_override
 from hopelm.data import get_tokenizer
 from hopelm.models import LM, list_models, model_from_config
+from hopelm.train.graphs import GraphedStep
 
 # A full run's lengths (EVALUATION.md §6) and `--quick`'s: small enough that all five models finish
 # in under a minute on a 2-core CPU, large enough to exercise every code path (CMS blocks, chunks).
@@ -44,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model and lengths (smoke run, < 1 min on CPU)")
     p.add_argument("--models", default="", help="comma-separated registry names (default: all)")
     p.add_argument("--lengths", default=None, help=f"training sequence lengths (default {FULL['lengths']})")
-    p.add_argument("--prefill", default=None, help=f"prefill lengths, '1k' = 1024 (default {FULL['prefill']})")
-    p.add_argument("--decode", default=None, help=f"decode context lengths (default {FULL['decode']})")
+    p.add_argument("--prefill", default=None,
+                   help=f"prefill lengths, '1k' = 1024; 'none' skips them (default {FULL['prefill']})")
+    p.add_argument("--decode", default=None, help=f"decode context lengths; 'none' skips them (default {FULL['decode']})")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per training step; batch = max(1, this // T) (default 8192)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
@@ -54,10 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default; 1 with --quick, see QUICK)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="time training steps replayed from a CUDA graph (train.cuda_graph); capture is not timed")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/bench, or bench-quick)")
 
 
 def _lengths(text: str, flag: str) -> list[int]:
+    if text.strip().lower() == "none":   # skip this measurement (e.g. --prefill none: training only)
+        return []
     try:
         values = [int(x[:-1]) * 1024 if x.endswith("k") else int(x) for x in text.lower().split(",") if x.strip()]
     except ValueError:
@@ -87,28 +94,44 @@ def build(name: str, s: argparse.Namespace, overrides: dict[str, Any], device: t
 
 
 # ---- the three measurements of one model ---------------------------------------------------------
-def measure_train(model: LM, T: int, batch: int, device: torch.device, repeats: int, peak_flops: float) -> dict:
-    """One full training step: forward with targets, backward, AdamW step."""
+def measure_train(model: LM, T: int, batch: int, device: torch.device, repeats: int, peak_flops: float,
+                  cuda_graph: bool = False) -> dict:
+    """One full training step: forward with targets, backward, AdamW step. With `cuda_graph` the
+    forward and backward are replayed from a graph captured first (train/graphs.py; the capture,
+    with its two eager warm-up steps, is timed apart as capture_s)."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)   # the rate is irrelevant to the timing
     x = torch.randint(model.cfg.vocab_size, (batch, T + 1), device=device)
+    inputs, targets = x[:, :-1], x[:, 1:]
 
     def step():
         with _autocast(device):
-            loss = model(x[:, :-1], x[:, 1:]).loss
+            loss = model(inputs, targets).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    reset_peak(device)
+    graphed, capture_s = None, None
     try:
+        flops = count_flops(step)   # one untimed step under the counter (a replay dispatches nothing to count)
+        reset_peak(device)
+        if cuda_graph:
+            start = time.perf_counter()
+            graphed = GraphedStep(model, inputs, targets, torch.bfloat16 if device.type == "cuda" else None)
+            sync(device)
+            capture_s = time.perf_counter() - start
+
+            def step():   # noqa: F811  (the same step, its forward and backward replayed)
+                graphed(inputs, targets)
+                opt.step()
         seconds = median(timed(step, device, warmup=1, repeats=repeats))
         memory = peak_memory(device)
-        flops = count_flops(step)   # one more, untimed step under the counter
-    finally:   # a step that ran out of memory must not leave its gradients behind
+    finally:   # a step that ran out of memory must not leave its gradients (or a graph) behind
         model.zero_grad(set_to_none=True)
+        del graphed
     return {"step_s": seconds, "tokens_per_s": batch * T / seconds, "flops_per_step": flops,
-            "achieved_gflops": flops / seconds / 1e9, "mfu": flops / seconds / peak_flops, "peak_memory_bytes": memory}
+            "achieved_gflops": flops / seconds / 1e9, "mfu": flops / seconds / peak_flops, "peak_memory_bytes": memory,
+            "capture_s": capture_s}
 
 
 def measure_prefill(model: LM, L: int, device: torch.device, repeats: int) -> dict:
@@ -149,7 +172,7 @@ def measure_decode(model: LM, L: int, steps: int, device: torch.device, repeats:
             "peak_memory_bytes": peak_memory(device)}
 
 
-TRAIN_FIELDS = ("step_s", "tokens_per_s", "flops_per_step", "achieved_gflops", "mfu", "peak_memory_bytes")
+TRAIN_FIELDS = ("step_s", "tokens_per_s", "flops_per_step", "achieved_gflops", "mfu", "peak_memory_bytes", "capture_s")
 PREFILL_FIELDS = ("seconds", "tokens_per_s", "peak_memory_bytes")
 DECODE_FIELDS = ("ms_per_token", "steps", "state_bytes", "peak_memory_bytes")
 
@@ -169,7 +192,7 @@ def bench_model(name: str, s: argparse.Namespace, overrides: dict[str, Any], dev
     for T in s.lengths:   # batch keeps tokens per step constant until it reaches 1
         B = max(1, s.batch_tokens // T)
         blank = {"T": T, "batch": B, **dict.fromkeys(TRAIN_FIELDS)}
-        r = sweep.run(lambda: measure_train(model, T, B, device, s.repeats, peak_flops), B * T * T, blank)
+        r = sweep.run(lambda: measure_train(model, T, B, device, s.repeats, peak_flops, s.cuda_graph), B * T * T, blank)
         row["train"].append(r)
         log("train", "T", T, r, "tokens_per_s", ",.0f")
     sweep = Sweep(s.max_seconds, device, floor=0.5)   # cost L²: at least linear in L
@@ -205,6 +228,7 @@ def settings(args: argparse.Namespace, overrides: list[str]) -> tuple[argparse.N
     """Flags over the full or quick defaults, checked: (settings, model names, config overrides)."""
     defaults = QUICK if args.quick else FULL
     s = argparse.Namespace(preset=args.preset, config=args.config, max_seconds=args.max_seconds,
+                           cuda_graph=args.cuda_graph,
                            **{k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()})
     s.lengths, s.prefill, s.decode = (_lengths(s.lengths, "--lengths"), _lengths(s.prefill, "--prefill"),
                                       _lengths(s.decode, "--decode"))
@@ -229,6 +253,8 @@ def run_bench(args: argparse.Namespace, overrides: list[str]) -> dict:
     if threads:
         torch.set_num_threads(threads)
     device = _device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph needs a CUDA device; this run is on {device.type}.")
     torch.manual_seed(0)
 
     on_gpu = device.type == "cuda"

@@ -32,7 +32,8 @@ def markdown(result: dict) -> str:
              f"Preset `{meta['preset']}`{' (--quick)' if meta['quick'] else ''}, overrides {meta['overrides'] or 'none'}; "
              f"{meta['date']}, commit {meta['git_commit'] or 'unknown'}. Peak memory: {meta['memory']}. "
              f"{SKIP}: skipped (reason in bench.json).", "",
-             "Training step (forward, backward, AdamW):", "",
+             "Training step (forward, backward, AdamW" + (
+                 "; forward and backward replayed from a CUDA graph):" if meta["args"].get("cuda_graph") else "):"), "",
              "| model | non-emb. params | T | batch | tokens/s | vs transformer | GFLOP/s | MFU | peak memory |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -48,6 +49,8 @@ def markdown(result: dict) -> str:
             ("decode", "Decode latency per token after L tokens of context, and the state's size:",
              lambda m: f"{m['ms_per_token']:.2f} ms, {_bytes(m['state_bytes'])} ({_ratio(m['vs_transformer'])})")):
         lengths = sorted({m["L"] for r in rows for m in r[section]})
+        if not lengths:   # skipped with --prefill none / --decode none
+            continue
         lines += ["", title, "", "| model | " + " | ".join(f"L={_length(n)}" for n in lengths) + " |",
                   "|---|" + "---|" * len(lengths)]
         for r in rows:
@@ -73,6 +76,8 @@ def plot(result: dict, out: Path) -> list[Path]:
 
     paths = []
     for name, section, key, value, label, logy in PLOTS:
+        if not any(r[section] for r in result["models"]):
+            continue
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for r in result["models"]:
             points = [(m[key], m[value]) for m in r[section] if m["skipped"] is None]

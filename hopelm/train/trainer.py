@@ -26,6 +26,7 @@ from hopelm.models import model_from_config
 from hopelm.optim.build import build_optimizer, lr_at
 from hopelm.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
 from hopelm.train.distributed import close_world, init_world
+from hopelm.train.graphs import GraphedStep
 from hopelm.train.logging import MetricsLogger
 
 
@@ -37,12 +38,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.dtype on `device` (None: no autocast): auto = bf16 on CUDA."""
+    return torch.bfloat16 if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda") else None
+
+
 def precision(dtype: str, device: torch.device) -> tuple[torch.dtype, Any]:
     """(parameter dtype, autocast context factory). auto = bf16 autocast on CUDA, fp32 on CPU."""
     if dtype == "float64":
         return torch.float64, contextlib.nullcontext
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.float32, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    amp = autocast_dtype(dtype, device)
+    if amp is not None:
+        return torch.float32, lambda: torch.autocast(device.type, dtype=amp)
     return torch.float32, contextlib.nullcontext
 
 
@@ -97,6 +104,9 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
+    if tcfg.cuda_graph and (device.type != "cuda" or world.distributed):
+        raise ConfigError(f"train.cuda_graph=true needs one process on a CUDA device; this run has "
+                          f"{world.size} process(es) on {device.type}.")
     if tcfg.batch_size % world.size:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} must be divisible by the number of "
                           f"processes ({world.size}).")
@@ -167,13 +177,19 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
                desc=cfg.model.name, dynamic_ncols=True, file=sys.stderr)
     t_log, tokens_since = time.perf_counter(), 0
     tok_s = 0.0
+    graphed: GraphedStep | None = None
     model.train()
     for step in range(start, tcfg.max_steps):
         lr = lr_at(step, cfg.optim, tcfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         step_loss = torch.zeros((), device=device)
-        for micro in range(tcfg.grad_accum):
+        if tcfg.cuda_graph:   # one micro-batch (checked by the config), replayed from its graph
+            x, y = (t.to(device) for t in sampler.batch(step, 0))
+            if graphed is None:
+                graphed = GraphedStep(raw_model, x, y, autocast_dtype(tcfg.dtype, device))
+            step_loss += graphed(x, y).detach().float()
+        for micro in range(0 if tcfg.cuda_graph else tcfg.grad_accum):
             x, y = (t.to(device) for t in sampler.batch(step, micro))
             sync = not world.distributed or micro == tcfg.grad_accum - 1
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast():
@@ -189,7 +205,7 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             skipped += 1
             in_a_row += 1
             say(f"step {step}: non-finite loss {loss_value} / grad norm {grad_norm.item()}; step skipped.")
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=graphed is None)   # a graph's gradients are its own tensors
             logger.log(step, "skip", loss=loss_value)
             if in_a_row >= MAX_SKIPS_IN_A_ROW:
                 raise TrainingDiverged(
@@ -198,7 +214,8 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
         else:
             in_a_row = 0
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if graphed is None:   # a replay overwrites the graph's gradients; they must stay its tensors
+                optimizer.zero_grad(set_to_none=True)
         losses[step] = loss_value
         tokens_since += tokens_per_step
         bar.update(1)

@@ -55,6 +55,9 @@ def test_quick_json_has_every_field(quick):
             for m in r[section]:
                 assert m["skipped"] is None, (r["model"], section, m)   # a quick run measures everything
                 for f in (*fields, "vs_transformer"):
+                    if f == "capture_s":   # only with --cuda-graph
+                        assert m[f] is None
+                        continue
                     assert isinstance(m[f], (int, float)) and math.isfinite(m[f]) and m[f] > 0, (r["model"], f, m)
         for m in r["train"]:
             assert math.isclose(m["tokens_per_s"], m["batch"] * m["T"] / m["step_s"])
@@ -101,6 +104,16 @@ def test_table_and_plots_are_written(quick):
     assert "–" not in table.split("\n", 1)[1]   # nothing was skipped
     for name in ("train_throughput.png", "prefill.png", "decode_latency.png", "decode_state.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prefill_and_decode_can_be_skipped(tmp_path):
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        main(["bench", "--quick", "--models", "transformer", "--prefill", "none", "--decode", "none",
+              "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "bench.json").read_text())["models"][0]
+    assert len(r["train"]) == 2 and r["prefill"] == [] and r["decode"] == []
+    assert "Prefill" not in stdout.getvalue() and (tmp_path / "train_throughput.png").exists()
+    assert not (tmp_path / "prefill.png").exists()
 
 
 def test_budget_skips_are_recorded_not_raised(tmp_path, capsys):
@@ -177,6 +190,7 @@ def test_state_nbytes_walks_containers_and_counts_shared_tensors_once():
     (["--lengths", "64,x"], "--lengths='64,x' must be comma-separated positive integers"),
     (["--repeats", "0"], "--repeats, --decode-steps, --batch-tokens and --max-seconds must be > 0"),
     (["--model.d_modl=64"], "Unknown config key 'model.d_modl'"),
+    (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA device; this run is on cpu."),
 ])
 def test_bad_input_is_one_sentence(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:

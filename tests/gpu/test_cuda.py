@@ -3,7 +3,8 @@
 The CPU suite proves the math; these prove that the same code runs on a GPU: float64 on CUDA gives
 what the CPU gives (other kernels, same function), streaming on CUDA equals the full forward, every
 model trains under bf16 autocast (the trainer's CUDA default), a checkpoint written on the GPU
-loads on the CPU, and the compiled mixers (Triton) train like the eager ones.
+loads on the CPU, the compiled mixers (Triton) train like the eager ones, and training steps replayed
+from a CUDA graph (`train.cuda_graph`) equal the eager steps.
 `HOPELM_TEST_DEVICE=cpu` runs the same file on the CPU (CPU autocast), to check it without a GPU.
 """
 from __future__ import annotations
@@ -109,3 +110,21 @@ def test_compiled_mixers_train_like_eager_mixers_on_the_gpu(tmp_path):
     compiled = run(tmp_path, *args, "--train.compile_mixers=true", name="compiled")
     for step in range(3):
         assert compiled["losses"][step] == pytest.approx(eager["losses"][step], rel=1e-3)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs exist only on a CUDA device")
+@pytest.mark.parametrize("name", ["hope", "transformer"])
+def test_cuda_graph_training_equals_eager_training(tmp_path, name):
+    """train.cuda_graph replays the captured forward + backward: the same losses and weights as the
+    eager steps (float32). hope runs two online CMS blocks per sequence, so the graph holds the
+    inner gradients (autograd.grad) and the bounded memories' always-on projection."""
+    args = (f"--model.name={name}", "--train.max_steps=6", "--train.eval_interval=0", "--train.dtype=float32",
+            "--model.cms_periods=[32,64,0]", "--model.projection_chunk_size=16")
+    eager = run(tmp_path, *args, name="eager")
+    graphed = run(tmp_path, *args, "--train.cuda_graph=true", name="graphed")
+    for step in range(6):
+        assert graphed["losses"][step] == pytest.approx(eager["losses"][step], rel=1e-5)
+    a, _ = hopelm.load(tmp_path / "eager" / "final")
+    b, _ = hopelm.load(tmp_path / "graphed" / "final")
+    for (key, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert rel_err(q, p) < 1e-4, key

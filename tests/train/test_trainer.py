@@ -78,6 +78,13 @@ def test_training_that_keeps_diverging_stops_with_one_sentence(tmp_path, monkeyp
         run(tmp_path, "--train.max_steps=30", "--train.eval_interval=0")
 
 
+def test_cuda_graph_on_the_cpu_is_refused_in_one_sentence(tmp_path):
+    from hopelm.config import ConfigError
+    with pytest.raises(ConfigError, match=r"train.cuda_graph=true needs one process on a CUDA device; this run has 1 process\(es\) on cpu."):
+        run(tmp_path, "--train.cuda_graph=true", "--train.device=cpu")
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_corpora_fail_before_compute(tmp_path):
     from hopelm.data import DataError
     empty = tmp_path / "empty.txt"
