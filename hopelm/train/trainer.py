@@ -77,6 +77,11 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+def non_finite_grads(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or an infinity (where a divergence starts)."""
+    return [n for n, p in model.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+
+
 def prepare_run(preset: str | None = "tiny", config_file: str | None = None,
                 overrides: list[str] | None = None, resume: str | None = None):
     """Resolve the config (from a checkpoint when resuming), the tokenizer and the checkpoint."""
@@ -204,7 +209,9 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             # Skip rather than poison the weights and the optimizer moments; say so every time.
             skipped += 1
             in_a_row += 1
-            say(f"step {step}: non-finite loss {loss_value} / grad norm {grad_norm.item()}; step skipped.")
+            bad = non_finite_grads(raw_model)
+            say(f"step {step}: non-finite loss {loss_value} / grad norm {grad_norm.item()}; step skipped"
+                + (f" (non-finite gradients in {len(bad)} parameters, first {', '.join(bad[:3])})." if bad else "."))
             optimizer.zero_grad(set_to_none=graphed is None)   # a graph's gradients are its own tensors
             logger.log(step, "skip", loss=loss_value)
             if in_a_row >= MAX_SKIPS_IN_A_ROW:
