@@ -55,6 +55,9 @@ def main() -> None:
     p.add_argument("--compile-mixers", action="store_true",
                    help="torch.compile only every block's sequence mixer (attention or memory), in every model: "
                         "the CMS block loop and its inner gradients stay eager")
+    p.add_argument("--bf16", action="store_true",
+                   help="every step under CPU bf16 autocast (the trainer's --train.dtype=bfloat16); "
+                        "the memory mixers keep their recurrence in float32")
     p.add_argument("--out", default="benchmarks/results/hope_configs.json")
     args = p.parse_args()
     if args.threads:
@@ -72,7 +75,9 @@ def main() -> None:
     for r in range(args.repeats + 1):             # round 0 warms up (allocations, caches)
         for run in runs:
             start = time.perf_counter()
-            run["model"](x[:, :-1], x[:, 1:]).loss.backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss = run["model"](x[:, :-1], x[:, 1:]).loss
+            loss.backward()
             run["opt"].step()
             run["opt"].zero_grad()
             if r:
@@ -88,7 +93,7 @@ def main() -> None:
         print(f"| `{r['config']}` | {r['step_s'] * 1e3:,.0f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f}x |")
     meta = dict(device=f"CPU, {torch.get_num_threads()} threads", torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                 preset=args.preset, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats,
-                compile=args.compile, compile_mixers=args.compile_mixers)
+                compile=args.compile, compile_mixers=args.compile_mixers, bf16_autocast=args.bf16)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
