@@ -6,7 +6,9 @@ docs/results.md "On a GPU"). A CUDA graph records the kernels of one step and re
 one launch; the same kernels run on the same memory, so a replayed step computes what the eager
 step computes. It works here because nothing in a forward waits on the host: shapes are fixed,
 the CMS block loop is driven by Python integers, its inner gradients (`autograd.grad`) run on the
-capturing stream, and the memories' norm bound always projects on a GPU (ops/memory.py).
+capturing stream, and the memories' norm bound always projects on a GPU (ops/memory.py). That no
+model reads a device value on the host in a training step is tested on the CPU
+(tests/train/test_graphs.py); that capture and replay equal eager steps, on a GPU (tests/gpu).
 
 What stays outside the graph: the optimizer step, gradient clipping and the finite-loss check
 (they read the gradients the replay wrote). The gradients are the graph's own tensors: the caller
