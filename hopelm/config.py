@@ -156,6 +156,7 @@ class TrainConfig:
     compile: bool = False          # torch.compile the whole model
     compile_mixers: bool = False   # torch.compile only each block's sequence mixer (hope on CPU: docs/results.md)
     cuda_graph: bool = False       # capture forward + backward once as a CUDA graph, replay it every step (GPU)
+    trace_nonfinite: bool = False  # re-run the first non-finite step under anomaly detection, say which op made it
     progress: bool = True
     tensorboard: bool = True
 

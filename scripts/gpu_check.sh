@@ -40,7 +40,8 @@ stage() {   # stage NAME CAP_SECONDS COMMAND...
 stage info 30 bash -c "nvidia-smi -L; $PY -c 'import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())'; nproc"
 stage tests 150 "$PY" -m pytest -m gpu tests/gpu -q -p no:cacheprovider -k "not compiled" --durations=8
 run=/tmp/gpu-tiny-hope
-stage train 240 "$PY" -m hopelm train --model.name=hope --train.device=$DEV --train.out_dir=$run --train.progress=false ${TRAIN_ARGS:-}
+stage train 240 "$PY" -m hopelm train --model.name=hope --train.device=$DEV --train.out_dir=$run --train.progress=false \
+  --train.trace_nonfinite=true ${TRAIN_ARGS:-}   # a non-finite step is traced to its operation (bf16: docs/results.md)
 cp $run/metrics.jsonl "$OUT/" 2>/dev/null
 stage sample 30 "$PY" -m hopelm sample $run/final --prompt "ROMEO:" --device $DEV --seed 1
 stage eval 30 "$PY" -m hopelm eval $run/final --split validation --device $DEV

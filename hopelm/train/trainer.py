@@ -25,6 +25,7 @@ from hopelm.eval.perplexity import bits_per_byte, evaluate_loss, window_bytes
 from hopelm.models import model_from_config
 from hopelm.optim.build import build_optimizer, lr_at
 from hopelm.train.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint
+from hopelm.train.diagnose import trace_non_finite
 from hopelm.train.distributed import close_world, init_world
 from hopelm.train.graphs import GraphedStep
 from hopelm.train.logging import MetricsLogger
@@ -75,6 +76,18 @@ MAX_SKIPS_IN_A_ROW = 10
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ in its two halves (the same numbers), skipping the scaling when the norm is
+    not finite: a NaN norm would scale every gradient to NaN and hide which ones were bad."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not hasattr(torch.nn.utils, "get_total_norm"):         # torch < 2.6
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # torch.where, not an if: the scale factor stays on the device (no host sync here).
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.where(torch.isfinite(norm), norm, 0.0))
+    return norm
 
 
 def non_finite_grads(model: torch.nn.Module) -> list[str]:
@@ -203,7 +216,7 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             step_loss += loss.detach().float()
         step_loss = world.mean(step_loss)
         clip = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip)
+        grad_norm = clip_gradients(raw_model, clip)
         loss_value = step_loss.item()
         if not (np.isfinite(loss_value) and torch.isfinite(grad_norm)):
             # Skip rather than poison the weights and the optimizer moments; say so every time.
@@ -211,7 +224,12 @@ def train(cfg: Config, tokenizer=None, ckpt=None) -> dict[str, Any]:
             in_a_row += 1
             bad = non_finite_grads(raw_model)
             say(f"step {step}: non-finite loss {loss_value} / grad norm {grad_norm.item()}; step skipped"
-                + (f" (non-finite gradients in {len(bad)} parameters, first {', '.join(bad[:3])})." if bad else "."))
+                + (f" (non-finite gradients in {len(bad)} parameter{'s' * (len(bad) > 1)}, first {', '.join(bad[:3])})."
+                   if bad else "."))
+            if tcfg.trace_nonfinite and skipped == 1:   # once: anomaly mode is slow
+                batches = [tuple(t.to(device) for t in sampler.batch(step, m))
+                           for m in range(1 if tcfg.cuda_graph else tcfg.grad_accum)]
+                say(trace_non_finite(raw_model, batches, autocast))
             optimizer.zero_grad(set_to_none=graphed is None)   # a graph's gradients are its own tensors
             logger.log(step, "skip", loss=loss_value)
             if in_a_row >= MAX_SKIPS_IN_A_ROW:

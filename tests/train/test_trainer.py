@@ -44,8 +44,10 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def poison(monkeypatch, bad_calls) -> None:
-    """Make the model's training loss NaN on the forward calls whose number is in `bad_calls`."""
+def poison(monkeypatch, bad_calls, kind: str = "loss") -> None:
+    """Make the model's training loss NaN on the forward calls whose number is in `bad_calls`
+    (kind "grad": keep the loss finite and make the gradient NaN, through a log(0) branch that
+    torch.where does not select but whose backward still computes 0 / 0)."""
     build = trainer.model_from_config
     calls = {"n": 0}
 
@@ -57,6 +59,9 @@ def poison(monkeypatch, bad_calls) -> None:
             out = forward(idx, targets, state)
             calls["n"] += 1
             if targets is not None and calls["n"] in bad_calls:
+                if kind == "grad":
+                    w = model.embed.weight[0, 0]
+                    return out._replace(loss=out.loss + 0 * torch.where(torch.tensor(True), w, torch.log(w - w)))
                 return out._replace(loss=out.loss * float("nan"))
             return out
         model.forward = fwd
@@ -71,6 +76,22 @@ def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
     assert np.isfinite(out["metrics"]["val_loss"])
     err = capsys.readouterr().err
     assert "non-finite loss" in err and "non-finite gradients in" in err and "embed.weight" in err
+
+
+@pytest.mark.parametrize("kind", ["grad", "loss"])
+def test_trace_nonfinite_names_the_operation_that_made_the_nan(tmp_path, monkeypatch, capsys, kind):
+    poison(monkeypatch, {3, 4}, kind)       # call 4 is the trace's re-run of step 2's batch
+    out = run(tmp_path, "--train.max_steps=4", "--train.eval_interval=0", "--train.trace_nonfinite=true")
+    assert out["skipped_steps"] == 1 and np.isfinite(out["losses"][3])
+    err = capsys.readouterr().err
+    assert "Trace of the non-finite step" in err
+    if kind == "grad":   # finite forward, NaN made by the log's backward, traced to its line
+        assert np.isfinite(out["losses"][2])
+        assert "(non-finite gradients in 1 parameter, first embed.weight)" in err   # clipping did not spread it
+        assert "every module's output was finite" in err and "'LogBackward0' returned nan" in err
+        assert "test_trainer.py:" in err and "torch.log(w - w)" in err
+    else:
+        assert "first non-finite output came from the model's output" in err and "returned nan" in err
 
 
 def test_training_that_keeps_diverging_stops_with_one_sentence(tmp_path, monkeypatch):
