@@ -258,7 +258,11 @@ def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacke
                 if bool((rms_row_norm(v) <= max_norm).all()):
                     out[m] = t
                     continue
-        scale = (max_norm / rms_row_norm(v).clamp_min(1e-30)).clamp(max=1.0)
+        # R / max(‖·‖, R), not min(1, R / ‖·‖): the same value, but the reciprocal's backward, −g/x²,
+        # then never sees a tiny norm. With one, x² overflowed to inf and the 0 gradient of the
+        # clamped branch times inf made NaN (a memory decayed to ~1e-20 next to one being projected;
+        # docs/paper_map.md, "Bounded memories").
+        scale = max_norm / rms_row_norm(v).clamp_min(max_norm)
         out[m] = (v * scale[..., None, None]).reshape(t.shape)
     return out
 

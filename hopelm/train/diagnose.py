@@ -9,6 +9,7 @@ operation), so it runs once per training run, on the first bad step.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -25,18 +26,28 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _forward_line(caught: list[warnings.WarningMessage]) -> str | None:
-    """The innermost frame of anomaly mode's 'Traceback of forward call' warning: 'file:line: code'."""
+    """The innermost frame outside torch of anomaly mode's 'Traceback of forward call' warning,
+    'file:line: code', followed by the innermost frame when that is inside torch (`1.0 / x` is
+    recorded at torch/_tensor.py's __rtruediv__, which alone would not say whose division it was)."""
     for w in caught:
         text = str(w.message)
         if "Traceback of forward call" not in text:
             continue
         lines = [s.strip() for s in text.splitlines()]
         frames = [i for i, s in enumerate(lines) if s.startswith("File ")]
-        if frames:
-            i = frames[-1]
+        if not frames:
+            continue
+
+        def describe(i: int) -> str:
             where = lines[i].removeprefix("File ").replace('", line ', ":").strip('"').split(", in ")[0]
-            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith("(") else ""
+            code = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(("(", "File ")) else ""
             return f"{where}: {code}".rstrip(": ")
+
+        in_torch = lambda i: f"{os.sep}torch{os.sep}" in lines[i]
+        ours = [i for i in frames if not in_torch(i)]
+        if ours and ours[-1] != frames[-1]:
+            return f"{describe(ours[-1])} (inside torch: {describe(frames[-1])})"
+        return describe(frames[-1])
     return None
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hopelm.ops import MemoryState, chunk_memory, naive_memory, step_memory
-from hopelm.ops.memory import read_grouped, read_memory, rms_row_norm, silu_grad
+from hopelm.ops.memory import bound_weights, read_grouped, read_memory, rms_row_norm, silu_grad
 
 from .helpers import F64, assert_close, grads, rand_like_leaf, seq_inputs
 
@@ -369,6 +369,28 @@ def test_the_projection_path_where_nothing_is_outside_equals_skipping_it(monkeyp
         runs.append(run(chunk_memory, x, s0, chunk_size=8, max_norm=1e3, **PRESETS["hope"])[0])
     for u, w in zip(*runs):
         assert_close(u, w, tol=1e-14)
+
+
+@pytest.mark.parametrize("tiny", [1e-20, 3e-21, 1e-22])
+def test_bound_gradient_stays_finite_next_to_a_memory_that_decayed_to_almost_nothing(tiny):
+    """A memory whose weights decayed to ~1e-20 sits in the same tensor as one being projected
+    (float32, as training runs). Its scale is 1, so its gradient is the incoming one; the old
+    min(1, R / ‖W‖) form made NaN there: the reciprocal's backward −g / ‖W‖² overflowed to inf and
+    the clamp's zero gradient times inf is NaN (found by --train.trace_nonfinite in a hope run)."""
+    x = seq_inputs(B, 12, H, D, dtype=torch.float32)
+    s0 = initial_state("mlp", 0.0, dtype=torch.float32)
+    with torch.no_grad():
+        s0.W1[0, 0].mul_(tiny)                    # decayed memory: sequence 0, head 0
+        s0.W1[1, 1].mul_(100.0)                   # far outside the bound: the projection runs
+    assert rms_row_norm(s0.W1[1, 1]) > 1.0 > 1e-19 > rms_row_norm(s0.W1[0, 0])
+    o, s = chunk_memory(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, chunk_size=4, max_norm=1.0, **PRESETS["hope"])
+    gs = grads([o, s.W1, s.W2], [x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0.W1, s0.W2])
+    assert all(torch.isfinite(g).all() for g in gs)
+    W = s0.W1.detach().clone().requires_grad_()
+    out = bound_weights({"W1": W}, 1.0)["W1"]
+    (g,) = torch.autograd.grad(out, W, torch.ones_like(out))
+    assert torch.equal(g[0, 0], torch.ones_like(g[0, 0]))             # scale 1: the gradient passes
+    assert torch.equal(out[0, 0], W[0, 0]) and rms_row_norm(out[1, 1]) <= 1.0 + 1e-6
 
 
 def test_bounded_grouped_write_bounds_each_memory_alone():

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from hopelm.train import trainer
 from hopelm.train.checkpoint import load_checkpoint
+from hopelm.train.diagnose import trace_non_finite
 from tests.train.conftest import SMALL
 
 
@@ -92,6 +95,24 @@ def test_trace_nonfinite_names_the_operation_that_made_the_nan(tmp_path, monkeyp
         assert "test_trainer.py:" in err and "torch.log(w - w)" in err
     else:
         assert "first non-finite output came from the model's output" in err and "returned nan" in err
+
+
+def test_trace_names_our_line_when_the_nan_is_made_inside_torch():
+    """`1.0 / x` is recorded by anomaly mode at torch/_tensor.py (__rtruediv__); the trace names the
+    caller's line too, the frame that says which division it was (the bound of hope's memories)."""
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((3,), 1e-20))
+
+        def forward(self, x, y):
+            scale = (1.0 / self.w.clamp_min(1e-30)).clamp(max=1.0)   # the old bound's form
+            return SimpleNamespace(loss=(scale * x).sum())
+
+    msg = trace_non_finite(Scaled(), [(torch.ones(3), None)], contextlib.nullcontext)
+    assert "'ReciprocalBackward0' returned nan" in msg
+    assert "test_trainer.py:" in msg and "(1.0 / self.w.clamp_min(1e-30))" in msg
+    assert "(inside torch: " in msg and "_tensor.py:" in msg
 
 
 def test_training_that_keeps_diverging_stops_with_one_sentence(tmp_path, monkeypatch):
