@@ -22,19 +22,16 @@ import hopelm.ops.memory as memory
 from hopelm.cli import main as hopelm_main
 
 
-def always_project(old_formula: bool):
-    def bound(W, max_norm, groups=1, stacked=None):
-        if not max_norm:
-            return W
-        out = {}
-        for m, t in W.items():
-            v = t.unflatten(2, (groups, -1)) if m == stacked and groups > 1 else t
-            norm = memory.rms_row_norm(v)
-            scale = ((max_norm / norm.clamp_min(1e-30)).clamp(max=1.0) if old_formula
-                     else max_norm / norm.clamp_min(max_norm))
-            out[m] = (v * scale[..., None, None]).reshape(t.shape)
-        return out
-    return bound
+def old_scale(norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """The scale's form before commit 82d76ce, min(1, R / ‖W‖)."""
+    return (max_norm / norm.clamp_min(1e-30)).clamp(max=1.0)
+
+
+def use_gpu_path(old_formula: bool) -> None:
+    """Make ops.memory.bound_weights take the GPU's path: always project, never ask the host."""
+    memory.may_skip_projection = lambda t: False
+    if old_formula:
+        memory.bound_scale = old_scale
 
 
 def main() -> None:
@@ -42,7 +39,7 @@ def main() -> None:
     p.add_argument("--old-formula", action="store_true", help="the scale min(1, R / ‖W‖) of before commit 82d76ce")
     p.add_argument("train_args", nargs="*", help="arguments of `hopelm train`, after --")
     args = p.parse_args()
-    memory.bound_weights = always_project(args.old_formula)   # chunk_memory and step_memory look it up here
+    use_gpu_path(args.old_formula)
     print(f"bound: always projecting ({'old' if args.old_formula else 'current'} scale), torch {torch.__version__}",
           file=sys.stderr)
     hopelm_main(["train", *args.train_args])

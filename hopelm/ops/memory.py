@@ -238,6 +238,20 @@ def rms_row_norm(W: Tensor) -> Tensor:
     return torch.linalg.vector_norm(W, dim=(-2, -1)) / W.shape[-2] ** 0.5
 
 
+def bound_scale(norm: Tensor, max_norm: float) -> Tensor:
+    """min(1, R / norm) computed as R / max(norm, R): the same values and gradients, but the
+    reciprocal's backward, −g / x², never sees a tiny norm. With min(1, R / norm), a weight whose RMS
+    row norm was near 1e-20 (a memory decayed to almost nothing) overflowed x² to inf, and the zero
+    gradient of the clamped branch times inf made NaN (docs/paper_map.md, "Bounded memories")."""
+    return max_norm / norm.clamp_min(max_norm)
+
+
+def may_skip_projection(t: Tensor) -> bool:
+    """Whether bound_weights may first ask the host if anything is outside: only in eager CPU code.
+    On a GPU the check would stall the stream; under torch.compile it would break the graph."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacked: str | None = None) -> dict[str, Tensor]:
     """Project every memory weight W [rows, cols] onto the Frobenius ball of radius max_norm·√rows,
     W ← W · min(1, max_norm √rows / ‖W‖), per sequence, head and memory (0: off). So max_norm bounds
@@ -251,19 +265,13 @@ def bound_weights(W: dict[str, Tensor], max_norm: float, groups: int = 1, stacke
     out = {}
     for m, t in W.items():
         v = t.unflatten(2, (groups, -1)) if m == stacked and groups > 1 else t   # [B,H',g,r,c] or [B,H,r,c]
-        # Nothing to project (min(1, ·) has gradient 0 there too): skip the ops. Only in eager CPU
-        # code: on a GPU the check would stall the stream, under torch.compile it would break the graph.
-        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Nothing to project (min(1, ·) has gradient 0 there too): skip the ops where that is cheap to ask.
+        if may_skip_projection(t):
             with torch.no_grad():
                 if bool((rms_row_norm(v) <= max_norm).all()):
                     out[m] = t
                     continue
-        # R / max(‖·‖, R), not min(1, R / ‖·‖): the same value, but the reciprocal's backward, −g/x²,
-        # then never sees a tiny norm. With one, x² overflowed to inf and the 0 gradient of the
-        # clamped branch times inf made NaN (a memory decayed to ~1e-20 next to one being projected;
-        # docs/paper_map.md, "Bounded memories").
-        scale = max_norm / rms_row_norm(v).clamp_min(max_norm)
-        out[m] = (v * scale[..., None, None]).reshape(t.shape)
+        out[m] = (v * bound_scale(rms_row_norm(v), max_norm)[..., None, None]).reshape(t.shape)
     return out
 
 
