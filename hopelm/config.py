@@ -63,6 +63,8 @@ class ModelConfig:
     projection_chunk_size: int = 16  # chunk of the projection memories (a multiple of chunk_size)
     detach_inner: bool = False     # first-order: no outer gradient through the inner updates
     eta_max: float = 1.0
+    eta_init: float = 0.1          # η at initialisation (at most η_max / 2), via b_η (SPEC §3)
+    alpha_init: list[float] = field(default_factory=lambda: [0.999])  # α at init: one value, or [first head, last head]
     normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
     proj_init_std: float = 0.02    # std of the random part of hope's projection memories' initial states
     memory_max_norm: float = 0.0   # bound on every memory weight's Frobenius norm at chunk starts; 0 = off
@@ -84,6 +86,11 @@ class ModelConfig:
             raise ConfigError(f"model.proj_init_std={self.proj_init_std} must be >= 0.")
         if self.memory_max_norm < 0:
             raise ConfigError(f"model.memory_max_norm={self.memory_max_norm} must be >= 0 (0 turns the bound off).")
+        if self.eta_init <= 0:
+            raise ConfigError(f"model.eta_init={self.eta_init} must be > 0.")
+        if len(self.alpha_init) not in (1, 2) or not all(0.0 < a < 1.0 for a in self.alpha_init):
+            raise ConfigError(f"model.alpha_init={self.alpha_init} must be one retention in (0, 1) for every head, "
+                              "or two: [first head, last head].")
 
     def _validate_memory(self) -> None:
         if self.memory_arch not in ("mlp", "linear"):

@@ -33,6 +33,10 @@ def test_overrides_are_typed():
     ("--train.dtype=float8", "train.dtype"),
     ("--model.proj_init_std=-0.1", "model.proj_init_std"),
     ("--model.memory_max_norm=-1", "model.memory_max_norm"),
+    ("--model.eta_init=0", "model.eta_init"),
+    ("--model.alpha_init=[1.0]", "model.alpha_init"),
+    ("--model.alpha_init=[0.5,0.9,0.99]", "model.alpha_init"),
+    ("--model.alpha_init=[]", "model.alpha_init"),
 ])
 def test_bad_keys_and_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -42,6 +42,8 @@ class MemoryOptions:
     projection_chunk_size: int = 16
     detach_inner: bool = False
     eta_max: float = 1.0
+    eta_init: float = 0.1              # η at initialisation, at most η_max / 2
+    alpha_init: tuple[float, ...] = (0.999,)  # α at initialisation: all heads, or (first, last) head
     normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
     proj_init_std: float = 0.02        # random part of the projection memories' M_□,0 (see MemoryInit)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
@@ -54,6 +56,14 @@ class SMState:
     conv: torch.Tensor | None          # [B, conv_width − 1, D] last inputs of the short conv
     proj: MemoryState | None           # stacked projection memories, heads [k | v | η | α (| q)]
     mem: MemoryState | None            # M_memory
+
+
+def head_retentions(alpha_init, n_heads: int) -> torch.Tensor:
+    """Retention α per head at initialisation [H]: one value for every head, or (first, last) with
+    1 − α spaced geometrically between them, so that heads forget at rates from fast to slow (as the
+    decay ranges of Mamba-2 and Gated DeltaNet do; a head with α ≈ 0.999 keeps ~1000 tokens)."""
+    first, last = alpha_init[0], alpha_init[-1]
+    return 1.0 - torch.logspace(math.log10(1.0 - first), math.log10(1.0 - last), n_heads, dtype=torch.float64)
 
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -94,11 +104,11 @@ class SelfModifyingMemory(nn.Module):
         self.gate = nn.Linear(d_model, d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.norm = RMSNorm(d_model)
-        # Gate heads: η ≈ 0.1 (or η_max / 2 when η_max < 0.2) and α ≈ 0.999 at initialisation
-        # (SPEC §3 decision).
-        eta0 = min(0.1, opts.eta_max / 2) / opts.eta_max
+        # Gate biases: η ≈ eta_init (at most η_max / 2) and α ≈ alpha_init at initialisation; SPEC §3's
+        # decision is 0.1 and 0.999, the presets spread α over the heads (docs/paper_map.md).
+        eta0 = min(opts.eta_init, opts.eta_max / 2) / opts.eta_max
         self.b_eta = nn.Parameter(torch.full((H,), math.log(eta0) - math.log1p(-eta0)))
-        self.b_alpha = nn.Parameter(torch.full((H,), math.log(0.999 / 0.001)))
+        self.b_alpha = nn.Parameter(torch.logit(head_retentions(opts.alpha_init, H).double()).float())
         if opts.self_modifying:
             self.w_in = nn.Linear(d_model, d_model, bias=False)
             self.n_proj = 5 if opts.adaptive_q else 4

@@ -1,11 +1,13 @@
-"""The self-modifying mixer's initialisation: the projection memories' initial states."""
+"""The self-modifying mixer's initialisation: the projection memories' initial states and the gates."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hopelm.layers.self_modifying import MemoryOptions, SelfModifyingMemory
+from hopelm.layers.self_modifying import MemoryOptions, SelfModifyingMemory, head_retentions
 
 
 def _kv_cosine(std: float, arch: str = "mlp") -> float:
@@ -24,6 +26,30 @@ def test_near_identity_projection_memories_start_with_k_equal_to_v_and_a_larger_
         near, apart = _kv_cosine(0.02, arch), _kv_cosine(1 / 32 ** 0.5, arch)
         assert near > 0.98
         assert apart < 0.9
+
+
+@pytest.mark.parametrize("self_modifying", [True, False])
+def test_gates_start_at_eta_init_and_alpha_init_spread_over_the_heads(self_modifying):
+    """With zero gate inputs the gates are σ(b): η = eta_init (capped at η_max / 2) on every head and α
+    the per-head retentions, 1 − α geometric from the first head's value to the last's."""
+    opts = MemoryOptions(self_modifying=self_modifying, eta_max=1.0, eta_init=0.5, alpha_init=(0.5, 0.999))
+    mixer = SelfModifyingMemory(64, 4, opts).double()
+    zero = torch.zeros(1, 1, 4, dtype=torch.float64)
+    eta, alpha = mixer._gates(zero, zero)
+    torch.testing.assert_close(eta.flatten(), torch.full((4,), 0.5, dtype=torch.float64), rtol=0, atol=1e-7)
+    forget = torch.tensor([0.5, 0.5 * (0.002 ** (1 / 3)), 0.5 * (0.002 ** (2 / 3)), 0.001], dtype=torch.float64)
+    torch.testing.assert_close(alpha.flatten(), 1 - forget, rtol=0, atol=1e-7)
+    capped = SelfModifyingMemory(64, 4, MemoryOptions(self_modifying=self_modifying, eta_max=0.05, eta_init=0.5))
+    assert torch.sigmoid(capped.b_eta).mul(0.05).allclose(torch.tensor(0.025))
+
+
+def test_default_gate_biases_are_the_spec_decision_bit_for_bit():
+    """SPEC §3's decision (η ≈ 0.1, α ≈ 0.999 on every head) keeps the float32 biases the mixer had before
+    `alpha_init` existed, so runs with the defaults are unchanged."""
+    mixer = SelfModifyingMemory(64, 4, MemoryOptions())
+    assert torch.equal(mixer.b_alpha.data, torch.full((4,), math.log(0.999 / 0.001)))
+    assert torch.equal(mixer.b_eta.data, torch.full((4,), math.log(0.1) - math.log1p(-0.1)))
+    assert torch.equal(head_retentions((0.9,), 3), torch.full((3,), 0.9, dtype=torch.float64))
 
 
 def test_under_autocast_the_recurrence_runs_in_float32():
