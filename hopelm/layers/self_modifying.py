@@ -105,10 +105,10 @@ class SelfModifyingMemory(nn.Module):
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.norm = RMSNorm(d_model)
         # Gate biases: η ≈ eta_init (at most η_max / 2) and α ≈ alpha_init at initialisation; SPEC §3's
-        # decision is 0.1 and 0.999, the presets spread α over the heads (docs/paper_map.md).
+        # decision is 0.1 and 0.999; gated_deltanet's presets spread α over the heads (docs/paper_map.md).
         eta0 = min(opts.eta_init, opts.eta_max / 2) / opts.eta_max
         self.b_eta = nn.Parameter(torch.full((H,), math.log(eta0) - math.log1p(-eta0)))
-        self.b_alpha = nn.Parameter(torch.logit(head_retentions(opts.alpha_init, H).double()).float())
+        self.b_alpha = nn.Parameter(torch.logit(head_retentions(opts.alpha_init, H)).float())
         if opts.self_modifying:
             self.w_in = nn.Linear(d_model, d_model, bias=False)
             self.n_proj = 5 if opts.adaptive_q else 4
