@@ -15,6 +15,7 @@ over the whole input. The Python loop runs over projection chunks, never over to
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,7 @@ class SMState:
     mem: MemoryState | None            # M_memory
 
 
-def head_retentions(alpha_init, n_heads: int) -> torch.Tensor:
+def head_retentions(alpha_init: Sequence[float], n_heads: int) -> torch.Tensor:
     """Retention α per head at initialisation [H]: one value for every head, or (first, last) with
     1 − α spaced geometrically between them, so that heads forget at rates from fast to slow (as the
     decay ranges of Mamba-2 and Gated DeltaNet do; a head with α ≈ 0.999 keeps ~1000 tokens)."""
