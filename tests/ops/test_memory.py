@@ -227,6 +227,23 @@ def test_state_independent_gradients_make_chunking_exact():
     assert_close(_outputs(x, s0, 1, 1.0, **opts), _outputs(x, s0, 16, 1.0, **opts))
 
 
+@pytest.mark.parametrize("objective, rate", [("l2", 2.0), ("dot", 1.0)])
+def test_one_dgd_step_is_a_gated_delta_rule(objective, rate):
+    """Linear memory, v̂ = v, unit k: with l2, Eq. 88 taken literally gives W(αI − 2η kkᵀ) + η v kᵀ
+    (the preconditioner and the gradient each remove η kkᵀ), so along k the state is scaled by
+    α − 2η and stays contractive only for η < (1 + α)/2; the dot objective gives α − η."""
+    x = seq_inputs(B, 1, H, D, eta_max=1.0)
+    s0 = initial_state("linear", 0.0)
+    with torch.no_grad():
+        _, s = step_memory(x["q"], x["k"], x["v"], x["eta"], x["alpha"], s0, arch="linear",
+                           objective=objective, self_target=False, chunk_size=1)
+    k, v = x["k"][:, 0], x["v"][:, 0]                                # [B, H, D], k unit norm
+    eta, alpha = x["eta"][:, 0, :, None, None], x["alpha"][:, 0, :, None, None]
+    eye = torch.eye(D, dtype=k.dtype)
+    expected = s0.W @ (alpha * eye - rate * eta * k[..., :, None] * k[..., None, :]) + eta * v[..., :, None] * k[..., None, :]
+    assert_close(expected, s.W, what="W_1")
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck and errors
 
