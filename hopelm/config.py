@@ -66,6 +66,8 @@ class ModelConfig:
     eta_init: float = 0.1          # η at initialisation (at most η_max / 2), via b_η (SPEC §3)
     alpha_init: list[float] = field(default_factory=lambda: [0.999])  # α at init: one value, or [first head, last head]
     normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
+    self_target: bool = True       # hope's M_memory learns v̂ = M_memory(v) (SPEC §3.3); False: v̂ = v (Titans)
+    projection_writes: bool = True  # False: hope's projection memories are read, never written (ablation)
     proj_init_std: float = 0.02    # std of the random part of hope's projection memories' initial states
     memory_max_norm: float = 0.0   # bound on every memory weight's Frobenius norm at chunk starts; 0 = off
 

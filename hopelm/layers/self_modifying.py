@@ -5,7 +5,9 @@ Per layer and head (SPEC §3):
   1. x̃_t = SiLU(conv4(W_in x_t))                          causal depthwise conv, tail in the state
   2. k_t = M_k(x̃_t), v_t = M_v(x̃_t),                      memories read at the reference state
      η_t = η_max σ(w_ηᵀ M_η(x̃_t) + b_η), α_t = σ(w_αᵀ M_α(x̃_t) + b_α),  q_t = W_q x_t (static)
-  3. every memory □ learns ℓ(M_□; k_t, M_□(v_t)) by DGD (self-generated targets, Eq. 88)
+  3. every memory □ learns ℓ(M_□; k_t, M_□(v_t)) by DGD (self-generated targets, Eq. 88);
+     ablations: `self_target=False` gives M_memory the target v_t, `projection_writes=False`
+     keeps M_k, M_v, M_η, M_α at their initial states
   4. o_t = M_memory,t−1(q_t)                                 (Eq. 94; read_after_write: M_t(q_t))
   5. y = W_out (RMSNorm(concat heads o) ⊙ SiLU(W_g x))
 The projection memories M_k, M_v, M_η, M_α (and M_q with adaptive_q) are stacked along the head
@@ -46,6 +48,8 @@ class MemoryOptions:
     eta_init: float = 0.1              # η at initialisation, at most η_max / 2
     alpha_init: tuple[float, ...] = (0.999,)  # α at initialisation: all heads, or (first, last) head
     normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
+    self_target: bool = True           # M_memory's target M_memory(v) (SPEC §3.3); False: v (Titans)
+    projection_writes: bool = True     # False: M_k, M_v, M_η, M_α stay at M_□,0 (static, memory-shaped)
     proj_init_std: float = 0.02        # random part of the projection memories' M_□,0 (see MemoryInit)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
     memory_max_norm: float = 0.0       # bound on each memory weight's Frobenius norm at chunk starts (0: off)
@@ -161,7 +165,8 @@ class SelfModifyingMemory(nn.Module):
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
             # Every projection memory writes the same (k, η, α) with its own target M_□(v): one
             # grouped write, no read (only the new state is needed).
-            _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **self.memory_kwargs(True, P))
+            if self.opts.projection_writes:
+                _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **self.memory_kwargs(True, P))
             outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
         k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
         return k, v, eta, alpha, q, proj
@@ -194,6 +199,6 @@ class SelfModifyingMemory(nn.Module):
             k, v = _l2norm(self._heads(self.k(xt))), self._heads(self.v(xt))
             eta, alpha = self._gates(*self.eta_alpha(xt).split(self.H, dim=-1))
             q, proj = _l2norm(self._heads(self.q(x))), None
-        o, mem = chunk_memory(q, k, v, eta, alpha, state.mem,
-                              **self.memory_kwargs(self.opts.self_modifying, self.opts.chunk_size))
+        self_target = self.opts.self_modifying and self.opts.self_target
+        o, mem = chunk_memory(q, k, v, eta, alpha, state.mem, **self.memory_kwargs(self_target, self.opts.chunk_size))
         return self.norm(o.reshape(B, T, D)) * F.silu(self.gate(x)), SMState(tail, proj, mem)

@@ -30,7 +30,17 @@ def test_every_registered_model_is_covered():
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_full_forward_equals_prefix_then_token_by_token(name):
-    m = build(name)
+    _assert_streams_exactly(build(name))
+
+
+@pytest.mark.parametrize("flag", [{"self_target": False}, {"projection_writes": False}])
+def test_hope_ablations_stream_exactly(flag):
+    # Frozen projection memories never advance their chunk position: reads must still not
+    # depend on where a stream is cut.
+    _assert_streams_exactly(build("hope", **flag))
+
+
+def _assert_streams_exactly(m):
     x = torch.randint(0, 30, (2, 19))
     full = m(x)
     for prefix in (1, 7):   # 7: not a chunk, projection-chunk or CMS-period boundary
@@ -81,6 +91,8 @@ def test_every_parameter_receives_gradient(name):
     {"objective": "dot"},
     {"read_after_write": True},
     {"normalize_v": False},             # raw self-generated values (the literal SPEC §3 rule)
+    {"self_target": False},             # M_memory learns v̂ = v instead of M_memory(v)
+    {"projection_writes": False},       # projection memories frozen at M_□,0
     {"detach_inner": True},
 ])
 def test_each_ablation_changes_the_computation(flag):
