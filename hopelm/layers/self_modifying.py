@@ -151,6 +151,8 @@ class SelfModifyingMemory(nn.Module):
         names = ("W1", "W2") if self.opts.memory_arch == "mlp" else ("W",)
         outs, T = [], xt.shape[1]
         lengths = [L for _, n_chunks, L in segments(T, P, proj.pos) for _ in range(n_chunks)]
+        if not self.opts.projection_writes:
+            lengths = [T]     # frozen memories: every chunk reads the same state, so one read covers the call
         # split, not xt[:, start:end] per chunk: each slice's backward would add a zero tensor of the
         # whole sequence, quadratic in T for a long call (static CMS; online CMS calls per block)
         for xc in xt.split(lengths, dim=1):
