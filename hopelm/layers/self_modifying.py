@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch import nn
 from hopelm.layers.norm import RMSNorm
 from hopelm.ops import MemoryState, chunk_conv, chunk_memory
 from hopelm.ops.decay import segments
-from hopelm.ops.memory import read_grouped
+from hopelm.ops.memory import bound_weights, read_grouped
 
 
 @dataclass
@@ -156,8 +156,14 @@ class SelfModifyingMemory(nn.Module):
         # split, not xt[:, start:end] per chunk: each slice's backward would add a zero tensor of the
         # whole sequence, quadratic in T for a long call (static CMS; online CMS calls per block)
         for xc in xt.split(lengths, dim=1):
-            ref_prefix = "ref_" if proj.pos % P else ""
-            ref = {w: getattr(proj, ref_prefix + w) for w in names}
+            if proj.pos % P:                  # mid-chunk (streaming): the carried reference
+                ref = {w: getattr(proj, "ref_" + w) for w in names}
+            else:
+                # chunk start: the bounded state is the reference, for these reads as for the writes
+                # (chunk_memory bounds it too, a no-op now). Reading the unbounded state let raw values
+                # v grow through M_v's own target across chunks, to 1e16 and NaN (docs/paper_map.md).
+                ref = bound_weights({w: getattr(proj, w) for w in names}, self.opts.memory_max_norm)
+                proj = replace(proj, **ref)
             x = xc.transpose(1, 2)                                            # [B, H, L, d_h]
             r = read_grouped(ref, x, n).transpose(1, 2)                      # [B, L, nH, d_h]
             k, v, e, a, *q = r.split(H, dim=2)

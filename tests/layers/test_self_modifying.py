@@ -110,3 +110,29 @@ def test_bounded_memories_keep_a_repetitive_input_finite_where_the_printed_rule_
     finite, largest = _periodic_run(4.0, P, C, T)
     assert finite and largest <= 4.0 * (1 + 1e-6)
     assert largest > 0 or P == 1          # chunks of one token are always whole: no ref_* to look at
+
+
+def test_projection_memories_are_read_at_the_bounded_reference():
+    """A chunk of the projection memories reads k, v, η, α at the same bounded reference state that
+    its writes take their gradients at (SPEC §4; "Bounded memories" in docs/paper_map.md). Reading
+    the unbounded chunk-end state instead let raw values (normalize_v=False) and M_v's own target
+    M_v(v) grow each other chunk after chunk: v ≈ 1e16 and a NaN validation loss for tiny hope on
+    PG19-mini with the bound on. So a state far outside the ball and its projection onto the ball
+    must give the same output and the same new state."""
+    from dataclasses import replace
+
+    from hopelm.ops.memory import bound_weights, rms_row_norm
+
+    torch.manual_seed(0)
+    opts = MemoryOptions(eta_max=0.05, projection_chunk_size=8, chunk_size=4, memory_max_norm=4.0, normalize_v=False)
+    mixer = SelfModifyingMemory(32, 2, opts).double()
+    x = torch.randn(2, 21, 32, dtype=torch.float64)
+    _, st = mixer(x[:, :16])                                         # 16 tokens: the next one starts a chunk
+    big = replace(st.proj, W1=st.proj.W1 * 1e3, W2=st.proj.W2 * 1e3)
+    assert rms_row_norm(big.W2).min() > 4.0
+    inside = replace(big, **bound_weights({"W1": big.W1, "W2": big.W2}, 4.0))
+    y_big, s_big = mixer(x[:, 16:], replace(st, proj=big))
+    y_in, s_in = mixer(x[:, 16:], replace(st, proj=inside))
+    torch.testing.assert_close(y_big, y_in, rtol=1e-10, atol=1e-10)
+    for name in ("W1", "W2"):
+        torch.testing.assert_close(getattr(s_big.proj, name), getattr(s_in.proj, name), rtol=1e-10, atol=1e-10)
