@@ -168,7 +168,7 @@ class SelfModifyingMemory(nn.Module):
             r = read_grouped(ref, x, n).transpose(1, 2)                      # [B, L, nH, d_h]
             k, v, e, a, *q = r.split(H, dim=2)
             k = _l2norm(k)
-            if self.opts.normalize_v:   # see docs/paper_map.md, "Decisions": unnormalised v diverged
+            if self.opts.normalize_v:   # this project's default, not SPEC §3's (docs/paper_map.md, "Normalised ...")
                 v = _l2norm(v)
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
             # Every projection memory writes the same (k, η, α) with its own target M_□(v): one
