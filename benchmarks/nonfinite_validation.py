@@ -12,6 +12,7 @@ projection memories (docs/paper_map.md, "Bounded memories").
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ def main() -> None:
         with torch.no_grad():
             loss = model(x, y).loss.item()
         print(f"validation batch {b}: loss {loss:.4f}")
-        if torch.isfinite(torch.tensor(loss)):
+        if math.isfinite(loss):
             continue
         ins, outs = mixer_inputs(model, x)
         for i, o in enumerate(outs):

@@ -159,9 +159,9 @@ class SelfModifyingMemory(nn.Module):
             if proj.pos % P:                  # mid-chunk (streaming): the carried reference
                 ref = {w: getattr(proj, "ref_" + w) for w in names}
             else:
-                # chunk start: the bounded state is the reference, for these reads as for the writes
-                # (chunk_memory bounds it too, a no-op now). Reading the unbounded state let raw values
-                # v grow through M_v's own target across chunks, to 1e16 and NaN (docs/paper_map.md).
+                # chunk start: the bounded state is the reference of these reads and of the writes
+                # below. Reading the unbounded state let raw values v grow through M_v's own target
+                # across chunks, to 1e16 and NaN (docs/paper_map.md, "Bounded memories").
                 ref = bound_weights({w: getattr(proj, w) for w in names}, self.opts.memory_max_norm)
                 proj = replace(proj, **ref)
             x = xc.transpose(1, 2)                                            # [B, H, L, d_h]
@@ -172,9 +172,11 @@ class SelfModifyingMemory(nn.Module):
                 v = _l2norm(v)
             eta, alpha = self._gates((e * self.w_eta).sum(-1), (a * self.w_alpha).sum(-1))
             # Every projection memory writes the same (k, η, α) with its own target M_□(v): one
-            # grouped write, no read (only the new state is needed).
+            # grouped write, no read (only the new state is needed). A piece never crosses a chunk
+            # start, so its only bound is the one above: chunk_memory need not project again.
             if self.opts.projection_writes:
-                _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **self.memory_kwargs(True, P))
+                kw = {**self.memory_kwargs(True, P), "max_norm": 0.0}
+                _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **kw)
             outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
         k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
         return k, v, eta, alpha, q, proj
