@@ -68,6 +68,7 @@ class ModelConfig:
     normalize_v: bool = True       # L2-normalise hope's self-generated values (docs/paper_map.md)
     self_target: bool = True       # hope's M_memory learns v̂ = M_memory(v) (SPEC §3.3); False: v̂ = v (Titans)
     projection_writes: bool = True  # False: hope's projection memories are read, never written (ablation)
+    projection_rate: float = 1.0   # clock of hope's projection-memory writes: η and 1 − α times this (1 = SPEC §3)
     proj_init_std: float = 0.02    # std of the random part of hope's projection memories' initial states
     memory_max_norm: float = 0.0   # bound on every memory weight's Frobenius norm at chunk starts; 0 = off
 
@@ -86,6 +87,9 @@ class ModelConfig:
             raise ConfigError("model.rope_theta, model.norm_eps and model.init_std must be > 0.")
         if self.proj_init_std < 0:
             raise ConfigError(f"model.proj_init_std={self.proj_init_std} must be >= 0.")
+        if not 0.0 < self.projection_rate <= 1.0:
+            raise ConfigError(f"model.projection_rate={self.projection_rate} must be in (0, 1] "
+                              "(1: SPEC §3; model.projection_writes=false freezes the projection memories).")
         if self.memory_max_norm < 0:
             raise ConfigError(f"model.memory_max_norm={self.memory_max_norm} must be >= 0 (0 turns the bound off).")
         if self.eta_init <= 0:

@@ -33,6 +33,8 @@ def test_overrides_are_typed():
     ("--train.dtype=float8", "train.dtype"),
     ("--model.proj_init_std=-0.1", "model.proj_init_std"),
     ("--model.memory_max_norm=-1", "model.memory_max_norm"),
+    ("--model.projection_rate=0", "model.projection_rate"),
+    ("--model.projection_rate=1.5", "model.projection_rate"),
     ("--model.eta_init=0", "model.eta_init"),
     ("--model.alpha_init=[1.0]", "model.alpha_init"),
     ("--model.alpha_init=[0.5,0.9,0.99]", "model.alpha_init"),

@@ -7,7 +7,8 @@ Per layer and head (SPEC §3):
      η_t = η_max σ(w_ηᵀ M_η(x̃_t) + b_η), α_t = σ(w_αᵀ M_α(x̃_t) + b_α),  q_t = W_q x_t (static)
   3. every memory □ learns ℓ(M_□; k_t, M_□(v_t)) by DGD (self-generated targets, Eq. 88);
      ablations: `self_target=False` gives M_memory the target v_t, `projection_writes=False`
-     keeps M_k, M_v, M_η, M_α at their initial states
+     keeps M_k, M_v, M_η, M_α at their initial states, `projection_rate=s < 1` runs their writes
+     on a slower clock (η → s η, 1 − α → s (1 − α))
   4. o_t = M_memory,t−1(q_t)                                 (Eq. 94; read_after_write: M_t(q_t))
   5. y = W_out (RMSNorm(concat heads o) ⊙ SiLU(W_g x))
 The projection memories M_k, M_v, M_η, M_α (and M_q with adaptive_q) are stacked along the head
@@ -50,6 +51,7 @@ class MemoryOptions:
     normalize_v: bool = True           # L2-normalise self-generated values (stability, see paper_map)
     self_target: bool = True           # M_memory's target M_memory(v) (SPEC §3.3); False: v (Titans)
     projection_writes: bool = True     # False: M_k, M_v, M_η, M_α stay at M_□,0 (static, memory-shaped)
+    projection_rate: float = 1.0       # s: the projection memories write with s·η and retain 1 − s(1 − α)
     proj_init_std: float = 0.02        # random part of the projection memories' M_□,0 (see MemoryInit)
     retention: bool = True             # False fixes α = 1 (NL Table 6 "w/o weight decay")
     memory_max_norm: float = 0.0       # bound on each memory weight's Frobenius norm at chunk starts (0: off)
@@ -141,6 +143,14 @@ class SelfModifyingMemory(nn.Module):
         alpha = torch.sigmoid(alpha_raw + self.b_alpha) if self.opts.retention else torch.ones_like(eta)
         return eta, alpha
 
+    def _projection_gates(self, eta: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gates of the projection memories' writes: M_memory's η, α on a clock slowed by s =
+        projection_rate, η_p = s η and α_p = 1 − s (1 − α), so that s scales both what a token
+        writes and what it forgets (s = 1: SPEC §3, the same gates; s → 0: frozen memories). An
+        ablation of this project (docs/paper_map.md): the projections as a slower level (NL §1)."""
+        s = self.opts.projection_rate
+        return (eta, alpha) if s == 1.0 else (s * eta, 1.0 - s * (1.0 - alpha))
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.H, self.d_h)                   # [B, T, H, d_h]
 
@@ -176,7 +186,7 @@ class SelfModifyingMemory(nn.Module):
             # start, so its only bound is the one above: chunk_memory need not project again.
             if self.opts.projection_writes:
                 kw = {**self.memory_kwargs(True, P), "max_norm": 0.0}
-                _, proj = chunk_memory(None, k, v, eta, alpha, proj, groups=n, **kw)
+                _, proj = chunk_memory(None, k, v, *self._projection_gates(eta, alpha), proj, groups=n, **kw)
             outs.append((k, v, eta, alpha, _l2norm(q[0]) if q else None))
         k, v, eta, alpha, q = (torch.cat(t, 1) if t[0] is not None else None for t in zip(*outs))
         return k, v, eta, alpha, q, proj

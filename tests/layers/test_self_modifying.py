@@ -136,3 +136,31 @@ def test_projection_memories_are_read_at_the_bounded_reference():
     torch.testing.assert_close(y_big, y_in, rtol=1e-10, atol=1e-10)
     for name in ("W1", "W2"):
         torch.testing.assert_close(getattr(s_big.proj, name), getattr(s_in.proj, name), rtol=1e-10, atol=1e-10)
+
+
+def test_projection_rate_is_a_clock_between_the_spec_rule_and_frozen_projection_memories():
+    """projection_rate s writes the projection memories with s·η and retention 1 − s(1 − α): s = 1 is
+    SPEC §3's rule bit for bit, and as s → 0 the memories stay at M_□,0, which is what
+    projection_writes=False reads; in between, the new state moves by about s times as much."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    base = MemoryOptions(eta_max=1.0, eta_init=0.5, alpha_init=(0.5, 0.999), projection_chunk_size=8, chunk_size=4)
+    mixer = SelfModifyingMemory(32, 2, base).double()
+    x = torch.randn(2, 21, 32, dtype=torch.float64)
+    y, st = mixer(x)
+    init = mixer.proj_init.state(2)
+
+    def run(**kw):
+        mixer.opts = replace(base, **kw)
+        return mixer(x)
+
+    y1, st1 = run(projection_rate=1.0)
+    assert torch.equal(y1, y) and torch.equal(st1.proj.W1, st.proj.W1)
+    y0, st0 = run(projection_rate=1e-12)
+    yf, _ = run(projection_writes=False)
+    torch.testing.assert_close(y0, yf, rtol=0, atol=1e-9)
+    torch.testing.assert_close(st0.proj.W1, init.W1, rtol=0, atol=1e-9)
+    _, st_small = run(projection_rate=1e-4)
+    moved = lambda s: (s.proj.W1 - init.W1).abs().max().item()
+    assert 0 < moved(st_small) < 1e-2 * moved(st)

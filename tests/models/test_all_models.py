@@ -33,7 +33,7 @@ def test_full_forward_equals_prefix_then_token_by_token(name):
     _assert_streams_exactly(build(name))
 
 
-@pytest.mark.parametrize("flag", [{"self_target": False}, {"projection_writes": False}])
+@pytest.mark.parametrize("flag", [{"self_target": False}, {"projection_writes": False}, {"projection_rate": 0.1}])
 def test_hope_ablations_stream_exactly(flag):
     # Frozen projection memories never advance their chunk position: reads must still not
     # depend on where a stream is cut.
@@ -93,6 +93,7 @@ def test_every_parameter_receives_gradient(name):
     {"normalize_v": False},             # raw self-generated values (the literal SPEC §3 rule)
     {"self_target": False},             # M_memory learns v̂ = v instead of M_memory(v)
     {"projection_writes": False},       # projection memories frozen at M_□,0
+    {"projection_rate": 0.1},           # projection memories on a 10x slower clock
     {"detach_inner": True},
 ])
 def test_each_ablation_changes_the_computation(flag):
