@@ -142,8 +142,14 @@ def test_bad_corpora_fail_before_compute(tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
-def test_torchrun_two_processes_equal_one_process(tmp_path):
-    common = SMALL + ["--train.max_steps=6", "--train.eval_interval=0", "--train.dtype=float64"]
+@pytest.mark.parametrize("model", [
+    [],
+    # hope with online CMS levels: the inner autograd.grad of each block runs inside DDP's forward
+    ["--model.name=hope", "--model.cms_periods=[16,32,0]", "--model.cms_lrs=[1e-3,5e-4,0.0]",
+     "--model.chunk_size=8", "--model.projection_chunk_size=16"],
+], ids=["transformer", "hope"])
+def test_torchrun_two_processes_equal_one_process(tmp_path, model):
+    common = SMALL + model + ["--train.max_steps=6", "--train.eval_interval=0", "--train.dtype=float64"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = [sys.executable, "-m", "hopelm", "train", *common, f"--train.out_dir={tmp_path / 'one'}"]
     ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
