@@ -3,14 +3,16 @@
     python benchmarks/hope_configs.py --seq-len 1024 --batch 4 --repeats 3
 
 Each configuration is a model name plus dotted overrides of the preset. Steps (forward, backward,
-AdamW) of all configurations alternate, and the fastest of `repeats` steps is kept, so a load
-change on a shared machine hits every row alike; the ratio is to the first configuration. This is
+AdamW) of all configurations alternate, and the fastest of `repeats` steps is kept (the median is
+printed beside it), so a load change on a shared machine hits every row alike; the ratio is to the
+first configuration. This is
 how the presets' CMS periods and chunk sizes were chosen (docs/paper_map.md, docs/results.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -84,13 +86,16 @@ def main() -> None:
                 run["times"].append(time.perf_counter() - start)
             elif args.compile or args.compile_mixers:
                 print(f"{run['config']}: first step (compiles) {time.perf_counter() - start:,.0f} s", flush=True)
-    base = min(runs[0]["times"])
+    base, base_med = min(runs[0]["times"]), statistics.median(runs[0]["times"])
+    # The fastest step is the figure (least disturbed by the machine); the median says how steady it was.
     rows = [dict(config=r["config"], step_s=min(r["times"]), tokens_per_s=args.batch * args.seq_len / min(r["times"]),
-                 ratio=base / min(r["times"])) for r in runs]
-    print(f"| configuration (T={args.seq_len}, batch {args.batch}) | ms/step | tokens/s | vs first |")
-    print("|---|---|---|---|")
+                 ratio=base / min(r["times"]), median_step_s=statistics.median(r["times"]),
+                 median_ratio=base_med / statistics.median(r["times"]), all_step_s=r["times"]) for r in runs]
+    print(f"| configuration (T={args.seq_len}, batch {args.batch}) | ms/step | tokens/s | vs first | median ms/step | vs first (medians) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| `{r['config']}` | {r['step_s'] * 1e3:,.0f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f}x |")
+        print(f"| `{r['config']}` | {r['step_s'] * 1e3:,.0f} | {r['tokens_per_s']:,.0f} | {r['ratio']:.3f}x "
+              f"| {r['median_step_s'] * 1e3:,.0f} | {r['median_ratio']:.3f}x |")
     meta = dict(device=f"CPU, {torch.get_num_threads()} threads", torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
                 preset=args.preset, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats,
                 compile=args.compile, compile_mixers=args.compile_mixers, bf16_autocast=args.bf16)
