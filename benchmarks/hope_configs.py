@@ -5,8 +5,8 @@
 Each configuration is a model name plus dotted overrides of the preset. Steps (forward, backward,
 AdamW) of all configurations alternate, and the fastest of `repeats` steps is kept (the median is
 printed beside it), so a load change on a shared machine hits every row alike; the ratio is to the
-first configuration. This is
-how the presets' CMS periods and chunk sizes were chosen (docs/paper_map.md, docs/results.md).
+first configuration. This is how the presets' CMS periods and chunk sizes were chosen
+(docs/paper_map.md, docs/results.md).
 """
 from __future__ import annotations
 
