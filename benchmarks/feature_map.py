@@ -1,0 +1,103 @@
+"""Does M_memory keep its input-side weight along a haystack? The size of W2 (mlp) or W (linear) by position.
+
+    python benchmarks/feature_map.py --steps 500 --set memory_arch=mlp --set objective=dot --set eta_max=1.0
+
+The mlp memory M(x) = x + W1 σ(W2 x) reads through its input-side weight W2: σ(W2 q) is the feature
+map of its keys. DGD writes W2 ← W2 (α I − η k kᵀ) − η G2 (NL Eq. 88), so every token shrinks W2
+along its key by α − η, and only G2 = ((W1ᵀ e) ⊙ σ'(z)) kᵀ puts anything back. For the linear
+memory W is the whole memory and each write η v kᵀ refills it (a gated delta rule); for the mlp
+memory nothing refills W2 but that gradient, which is small while W1 is small.
+
+This script trains the S-NIAH passkey model of `hopelm eval niah` (the runner's model: d_model 64,
+2 layers, 2 heads, the hope preset plus `--set` overrides; `--steps 0` keeps it untrained), feeds
+one test haystack with its needle through it in pieces of the memory's chunk size, and prints per
+block and head the RMS row norm ‖W‖_F / √rows of M_memory's input-side weight (W2 or W) and of W1
+at chunk starts, relative to its learned initial value. Writes JSON with --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from hopelm.eval.niah import NIAHTask
+from hopelm.eval.runner import collate, small_model, train
+from hopelm.eval.tasks_cli import _value
+from hopelm.ops.memory import rms_row_norm
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set KEY=VALUE` items, read as `hopelm eval --set` reads them."""
+    return {k: _value(v) for k, v in (s.split("=", 1) for s in items)}
+
+
+def trace(model: torch.nn.Module, ids: torch.Tensor) -> list[dict]:
+    """Per block, per piece of chunk_size tokens: RMS row norms of M_memory's weights per head at the
+    piece's start (the chunk's reference state, before any bound)."""
+    piece = model.cfg.chunk_size
+    rows, state = [], None
+    with torch.no_grad():
+        for start in range(0, ids.shape[1], piece):
+            part = ids[:, start:start + piece]
+            mixers = [b.mixer for b in model.blocks]
+            if state is None:
+                mems = [m.mem_init.state(1) for m in mixers]
+            else:
+                mems = [s.mem for s in (state.layers if hasattr(state, "layers") else state)]
+            for i, (mixer, mem) in enumerate(zip(mixers, mems)):
+                row = {"block": i, "pos": start}
+                for w in ("W", "W1", "W2"):
+                    t = getattr(mem, w, None)
+                    if t is not None:
+                        row[w] = rms_row_norm(t)[0].tolist()           # [H]
+                rows.append(row)
+            state = model(part, state=state).state
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--set", action="append", default=[], help="model override, e.g. eta_max=1.0")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--train-length", type=int, default=256)
+    p.add_argument("--length", type=int, default=1024, help="test haystack length (bytes)")
+    p.add_argument("--depth", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    overrides = parse_sets(a.set)
+    task = NIAHTask("passkey", train_length=a.train_length, lengths=(a.length,), depths=(a.depth,), n_test=1)
+    model = small_model("hope", task.vocab_size, 64, 2, 2, seed=a.seed, **overrides)
+    t0 = time.time()
+    losses = []
+    if a.steps:
+        rng = random.Random(f"{task.name}/train/{a.seed}")
+        losses = train(model, lambda step: task.train_batch(rng, 32), a.steps, lr=1e-3, warmup=min(50, a.steps // 10))
+    model.eval()
+    example = task.test_set(random.Random(f"{task.name}/test/{a.seed}"))[0]
+    ids, _ = collate([example])
+    rows = trace(model, ids)
+    print(f"overrides {overrides}; {a.steps} training steps ({time.time() - t0:.0f} s), final train loss "
+          f"{losses[-1] if losses else float('nan'):.4f}; haystack of {ids.shape[1]} tokens, needle at depth {a.depth}")
+    names = [w for w in ("W", "W2", "W1") if w in rows[0]]
+    for block in sorted({r["block"] for r in rows}):
+        mine = [r for r in rows if r["block"] == block]
+        first = mine[0]
+        print(f"block {block}: RMS row norm relative to the initial state, per head")
+        print("  pos   " + "  ".join(f"{w + ' h' + str(h):>9}" for w in names for h in range(len(first[w]))))
+        for r in mine[:: max(1, len(mine) // 16)] + ([mine[-1]] if (len(mine) - 1) % max(1, len(mine) // 16) else []):
+            print(f"  {r['pos']:5d} " + "  ".join(f"{r[w][h] / first[w][h]:9.3f}" for w in names for h in range(len(first[w]))))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps({"argv": vars(a), "final_train_loss": losses[-1] if losses else None,
+                                           "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""benchmarks/feature_map.py, whose figures docs/results.md quotes (M_memory's input-side weight along a haystack)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+import hopelm
+from hopelm.ops.memory import rms_row_norm
+
+spec = importlib.util.spec_from_file_location("feature_map", Path(__file__).parents[2] / "benchmarks" / "feature_map.py")
+feature_map = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(feature_map)
+
+
+def _model(**over):
+    torch.manual_seed(0)
+    return hopelm.build_model("hope", preset="tiny", vocab_size=256, d_model=32, n_layers=2, n_heads=2,
+                              self_modifying=False, eta_max=1.0, eta_init=0.5, objective="dot", **over).eval()
+
+
+def test_trace_starts_at_the_initial_state_and_sees_the_preconditioner_shrink_w2():
+    ids = torch.randint(0, 256, (1, 100))
+    model = _model(alpha_init=[0.999999])
+    rows = feature_map.trace(model, ids)
+    C = model.cfg.chunk_size
+    assert [(r["block"], r["pos"]) for r in rows] == [(b, p) for p in range(0, 100, C) for b in range(2)]
+    for b in range(2):
+        init = model.blocks[b].mixer.mem_init
+        assert rows[b]["W2"] == rms_row_norm(init.W2).tolist() and rows[b]["W1"] == rms_row_norm(init.W1).tolist()
+    # With DGD at η = 0.5 every token shrinks W2 along its key (α − η); without the preconditioner
+    # and with α ≈ 1 only the small gradient term moves it.
+    last = {b: [r for r in rows if r["block"] == b][-1] for b in range(2)}
+    assert all(last[b]["W2"][h] < 0.9 * rows[b]["W2"][h] for b in range(2) for h in range(2))
+    plain = feature_map.trace(_model(alpha_init=[0.999999], precondition=False), ids)
+    last = {b: [r for r in plain if r["block"] == b][-1] for b in range(2)}
+    assert all(abs(last[b]["W2"][h] / plain[b]["W2"][h] - 1) < 0.05 for b in range(2) for h in range(2))
+
+
+def test_overrides_parse_like_the_eval_runners_set():
+    assert feature_map.parse_sets(["eta_max=1.0", "alpha_init=[0.5,0.999]", "objective=dot", "precondition=false"]) == \
+        {"eta_max": 1.0, "alpha_init": [0.5, 0.999], "objective": "dot", "precondition": False}
