@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from hopelm.eval.niah import NIAHTask
 from hopelm.eval.runner import collate, small_model, train
 from hopelm.eval.tasks_cli import _value
+from hopelm.ops.conv import chunk_conv
 from hopelm.ops.memory import rms_row_norm
 
 
@@ -57,6 +59,40 @@ def trace(model: torch.nn.Module, ids: torch.Tensor) -> list[dict]:
                 rows.append(row)
             state = model(part, state=state).state
     return rows
+
+
+def mean_cosine(f: torch.Tensor) -> list[float]:
+    """Mean cosine between the features of two different positions, per head; f [T, H, n]."""
+    f = F.normalize(f, dim=-1).transpose(0, 1)                       # [H, T, n]
+    gram, T = f @ f.mT, f.shape[1]
+    return ((gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(-1)) / (T * (T - 1))).tolist()
+
+
+def key_overlap(model: torch.nn.Module, ids: torch.Tensor) -> list[dict]:
+    """How much the keys of different positions overlap in what M_memory matches: per block and
+    head, the mean cosine between two positions' keys k (what the linear memory's W k reads) and,
+    for the mlp memory, between their features σ(W2 k) at the learned initial W2 (what W1 is read
+    through). Static projections only (self_modifying=false), where k = normalise(W_k x̃)."""
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [b.mixer.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+             for i, b in enumerate(model.blocks)]
+    with torch.no_grad():
+        model(ids)
+        for h in hooks:
+            h.remove()
+        out = []
+        for i, b in enumerate(model.blocks):
+            m = b.mixer
+            if m.opts.self_modifying:
+                raise ValueError("key_overlap needs static projections (--set self_modifying=false).")
+            xc, _ = chunk_conv(inputs[i], m.conv, None)
+            k = F.normalize(m._heads(m.k(F.silu(xc))), dim=-1)[0]     # [T, H, d_h]
+            row = {"block": i, "k": mean_cosine(k)}
+            if m.opts.memory_arch == "mlp":
+                W2 = m.mem_init.W2                                     # [H, d_m, d_h]
+                row["silu_W2k"] = mean_cosine(F.silu(torch.einsum("thd,hmd->thm", k, W2)))
+            out.append(row)
+    return out
 
 
 def main() -> None:
@@ -93,10 +129,18 @@ def main() -> None:
         print("  pos   " + "  ".join(f"{w + ' h' + str(h):>9}" for w in names for h in range(len(first[w]))))
         for r in mine[:: max(1, len(mine) // 16)] + ([mine[-1]] if (len(mine) - 1) % max(1, len(mine) // 16) else []):
             print(f"  {r['pos']:5d} " + "  ".join(f"{r[w][h] / first[w][h]:9.3f}" for w in names for h in range(len(first[w]))))
+    overlap = None
+    if not model.blocks[0].mixer.opts.self_modifying:
+        overlap = key_overlap(model, ids)
+        print("mean cosine between two positions' keys k" + (" and features σ(W2_0 k)" if "silu_W2k" in overlap[0] else "")
+              + ", per head:")
+        for r in overlap:
+            print(f"  block {r['block']}: k " + " ".join(f"{c:.3f}" for c in r["k"])
+                  + (("   σ(W2_0 k) " + " ".join(f"{c:.3f}" for c in r["silu_W2k"])) if "silu_W2k" in r else ""))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"argv": vars(a), "final_train_loss": losses[-1] if losses else None,
-                                           "rows": rows}, indent=1))
+                                           "rows": rows, "key_overlap": overlap}, indent=1))
 
 
 if __name__ == "__main__":

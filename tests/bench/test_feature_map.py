@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 import hopelm
@@ -41,3 +42,30 @@ def test_trace_starts_at_the_initial_state_and_sees_the_preconditioner_shrink_w2
 def test_overrides_parse_like_the_eval_runners_set():
     assert feature_map.parse_sets(["eta_max=1.0", "alpha_init=[0.5,0.999]", "objective=dot", "precondition=false"]) == \
         {"eta_max": 1.0, "alpha_init": [0.5, 0.999], "objective": "dot", "precondition": False}
+
+
+def test_mean_cosine_is_one_for_equal_features_and_zero_for_orthogonal_ones():
+    same = torch.randn(1, 2, 5).expand(6, 2, 5)                        # [T, H, n]: every position alike
+    assert torch.allclose(torch.tensor(feature_map.mean_cosine(same)), torch.ones(2), atol=1e-6)
+    eye = torch.eye(5).unsqueeze(1).expand(5, 2, 5)                     # distinct one-hot features
+    assert feature_map.mean_cosine(eye) == [0.0, 0.0]
+
+
+class _ConstantKeys(torch.nn.Module):
+    def forward(self, x):
+        return torch.ones_like(x)
+
+
+def test_key_overlap_reads_the_keys_the_mixer_writes():
+    ids = torch.randint(0, 256, (1, 40))
+    rows = feature_map.key_overlap(_model(), ids)
+    assert [sorted(r) for r in rows] == [["block", "k", "silu_W2k"]] * 2
+    linear = feature_map.key_overlap(_model(memory_arch="linear"), ids)
+    assert [sorted(r) for r in linear] == [["block", "k"]] * 2
+    # the keys it measures are the mixer's own: equal keys in every position give cosine 1
+    model = _model()
+    for b in model.blocks:
+        b.mixer.k = _ConstantKeys()
+    assert all(abs(c - 1) < 1e-5 for r in feature_map.key_overlap(model, ids) for c in r["k"] + r["silu_W2k"])
+    with pytest.raises(ValueError, match="static projections"):
+        feature_map.key_overlap(hopelm.build_model("hope", preset="tiny", vocab_size=256, d_model=32, n_layers=1, n_heads=2), ids)
