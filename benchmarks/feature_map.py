@@ -1,6 +1,6 @@
 """Does M_memory keep its input-side weight along a haystack? The size of W2 (mlp) or W (linear) by position.
 
-    python benchmarks/feature_map.py --steps 500 --set memory_arch=mlp --set objective=dot --set eta_max=1.0
+    python benchmarks/feature_map.py --steps 500 --set self_modifying=false --set objective=dot --set eta_max=1.0
 
 The mlp memory M(x) = x + W1 σ(W2 x) reads through its input-side weight W2: σ(W2 q) is the feature
 map of its keys. DGD writes W2 ← W2 (α I − η k kᵀ) − η G2 (NL Eq. 88), so every token shrinks W2
@@ -12,7 +12,13 @@ This script trains the S-NIAH passkey model of `hopelm eval niah` (the runner's 
 2 layers, 2 heads, the hope preset plus `--set` overrides; `--steps 0` keeps it untrained), feeds
 one test haystack with its needle through it in pieces of the memory's chunk size, and prints per
 block and head the RMS row norm ‖W‖_F / √rows of M_memory's input-side weight (W2 or W) and of W1
-at chunk starts, relative to its learned initial value. Writes JSON with --out.
+at chunk starts, relative to its learned initial value. With static projections
+(`self_modifying=false`) it also prints how much two positions' keys overlap (`key_overlap`: mean
+cosine of k, and of the mlp features σ(W2_0 k)). Writes JSON with --out.
+
+docs/results.md ("Can hope's mlp memory retrieve at all?") quotes both: an untrained mlp memory
+loses W2 along the haystack as described, a trained one does not (its outer loop learned to refill
+W2), so this mechanism does not explain why the mlp memory retrieves so much worse than the linear one.
 """
 from __future__ import annotations
 
