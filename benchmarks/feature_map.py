@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from hopelm.eval.niah import NIAHTask
 from hopelm.eval.runner import collate, small_model, train
 from hopelm.eval.tasks_cli import _value
-from hopelm.ops.conv import chunk_conv
+from hopelm.layers.self_modifying import _l2norm
 from hopelm.ops.memory import rms_row_norm
 
 
@@ -46,24 +46,22 @@ def parse_sets(items: list[str]) -> dict:
 def trace(model: torch.nn.Module, ids: torch.Tensor) -> list[dict]:
     """Per block, per piece of chunk_size tokens: RMS row norms of M_memory's weights per head at the
     piece's start (the chunk's reference state, before any bound)."""
-    piece = model.cfg.chunk_size
+    piece, mixers = model.cfg.chunk_size, [b.mixer for b in model.blocks]
     rows, state = [], None
     with torch.no_grad():
         for start in range(0, ids.shape[1], piece):
-            part = ids[:, start:start + piece]
-            mixers = [b.mixer for b in model.blocks]
             if state is None:
                 mems = [m.mem_init.state(1) for m in mixers]
             else:
                 mems = [s.mem for s in (state.layers if hasattr(state, "layers") else state)]
-            for i, (mixer, mem) in enumerate(zip(mixers, mems)):
+            for i, mem in enumerate(mems):
                 row = {"block": i, "pos": start}
                 for w in ("W", "W1", "W2"):
                     t = getattr(mem, w, None)
                     if t is not None:
                         row[w] = rms_row_norm(t)[0].tolist()           # [H]
                 rows.append(row)
-            state = model(part, state=state).state
+            state = model(ids[:, start:start + piece], state=state).state
     return rows
 
 
@@ -78,25 +76,27 @@ def key_overlap(model: torch.nn.Module, ids: torch.Tensor) -> list[dict]:
     """How much the keys of different positions overlap in what M_memory matches: per block and
     head, the mean cosine between two positions' keys k (what the linear memory's W k reads) and,
     for the mlp memory, between their features σ(W2 k) at the learned initial W2 (what W1 is read
-    through). Static projections only (self_modifying=false), where k = normalise(W_k x̃)."""
-    inputs: dict[int, torch.Tensor] = {}
-    hooks = [b.mixer.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
-             for i, b in enumerate(model.blocks)]
-    with torch.no_grad():
-        model(ids)
+    through). Static projections only (self_modifying=false): k is the mixer's own W_k x̃,
+    captured from its projection `k` at every call (a model with online CMS levels runs its blocks
+    one call each) and L2-normalised as the mixer does."""
+    mixers = [b.mixer for b in model.blocks]
+    if any(m.opts.self_modifying for m in mixers):
+        raise ValueError("key_overlap needs static projections (--set self_modifying=false).")
+    keys: list[list[torch.Tensor]] = [[] for _ in mixers]
+    hooks = [m.k.register_forward_hook(lambda mod, a, out, i=i: keys[i].append(out)) for i, m in enumerate(mixers)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
         for h in hooks:
             h.remove()
-        out = []
-        for i, b in enumerate(model.blocks):
-            m = b.mixer
-            if m.opts.self_modifying:
-                raise ValueError("key_overlap needs static projections (--set self_modifying=false).")
-            xc, _ = chunk_conv(inputs[i], m.conv, None)
-            k = F.normalize(m._heads(m.k(F.silu(xc))), dim=-1)[0]     # [T, H, d_h]
+    out = []
+    with torch.no_grad():
+        for i, m in enumerate(mixers):
+            k = _l2norm(m._heads(torch.cat(keys[i], dim=1)))[0]        # [T, H, d_h]
             row = {"block": i, "k": mean_cosine(k)}
             if m.opts.memory_arch == "mlp":
-                W2 = m.mem_init.W2                                     # [H, d_m, d_h]
-                row["silu_W2k"] = mean_cosine(F.silu(torch.einsum("thd,hmd->thm", k, W2)))
+                row["silu_W2k"] = mean_cosine(F.silu(torch.einsum("thd,hmd->thm", k, m.mem_init.W2)))
             out.append(row)
     return out
 
@@ -133,7 +133,9 @@ def main() -> None:
         first = mine[0]
         print(f"block {block}: RMS row norm relative to the initial state, per head")
         print("  pos   " + "  ".join(f"{w + ' h' + str(h):>9}" for w in names for h in range(len(first[w]))))
-        for r in mine[:: max(1, len(mine) // 16)] + ([mine[-1]] if (len(mine) - 1) % max(1, len(mine) // 16) else []):
+        shown = mine[:: max(1, len(mine) // 16)]
+        shown += [mine[-1]] if shown[-1] is not mine[-1] else []
+        for r in shown:
             print(f"  {r['pos']:5d} " + "  ".join(f"{r[w][h] / first[w][h]:9.3f}" for w in names for h in range(len(first[w]))))
     overlap = None
     if not model.blocks[0].mixer.opts.self_modifying:

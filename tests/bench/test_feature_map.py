@@ -67,5 +67,16 @@ def test_key_overlap_reads_the_keys_the_mixer_writes():
     for b in model.blocks:
         b.mixer.k = _ConstantKeys()
     assert all(abs(c - 1) < 1e-5 for r in feature_map.key_overlap(model, ids) for c in r["k"] + r["silu_W2k"])
+    # With online CMS levels the model runs in blocks of cms_block tokens, one mixer call each: every
+    # call's keys count. Block 0's keys come before any CMS level, so the same weights with static
+    # levels (one call) must give the same overlap.
+    ids = torch.randint(0, 256, (1, 300))
+    online = _model()
+    assert online.cms_block and online.cms_block < ids.shape[1]
+    static = _model(cms_lrs=[0.0, 0.0, 0.0])
+    static.load_state_dict(online.state_dict())
+    assert not static.cms_block
+    got, want = feature_map.key_overlap(online, ids)[0], feature_map.key_overlap(static, ids)[0]
+    assert torch.allclose(torch.tensor(got["k"] + got["silu_W2k"]), torch.tensor(want["k"] + want["silu_W2k"]), atol=1e-6)
     with pytest.raises(ValueError, match="static projections"):
         feature_map.key_overlap(hopelm.build_model("hope", preset="tiny", vocab_size=256, d_model=32, n_layers=1, n_heads=2), ids)
